@@ -1,0 +1,107 @@
+package consullock
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Limits that Consul itself puts on a session, which is what a lock's
+// lifespan and lock delay are made of.
+const (
+	MinLockTimeout = 10 * time.Second // shortest session TTL Consul accepts
+	MaxLockTimeout = 24 * time.Hour   // longest session TTL Consul accepts
+	MaxLockDelay   = 60 * time.Second // Consul caps a session's lock delay here
+)
+
+// Config holds the settings of a lock. A new lock starts from a copy of
+// Defaults, then applies its options; the result is validated once, when the
+// lock is built.
+type Config struct {
+	// Client talks to Consul. It must be set here or with WithClient.
+	Client *api.Client
+
+	// AcquireTimeout bounds how long Acquire waits for a lock that another
+	// holder has. Zero means a single attempt, as in python-consul-lock.
+	AcquireTimeout time.Duration
+
+	// LockTimeout is the lock's maximum lifespan: the TTL of the Consul
+	// session that holds it. A holder that never releases (a crash, a hang)
+	// loses the lock when Consul invalidates the session, which Consul may do
+	// at any time from LockTimeout to twice LockTimeout after the acquire.
+	// It must lie in [MinLockTimeout, MaxLockTimeout].
+	LockTimeout time.Duration
+
+	// LockDelay is how long Consul refuses the key to everyone after the
+	// session holding it was invalidated (expired or destroyed by someone
+	// else), so that a holder which has not yet noticed its loss is not
+	// overlapped at once. A clean Release never imposes it. Zero is sent to
+	// Consul as zero (the consul/api client would omit it and get 15 s).
+	// It must lie in [0, MaxLockDelay].
+	LockDelay time.Duration
+
+	// KeyPattern turns a lock's name into its Consul key. It must contain
+	// exactly one %s, and no other verb.
+	KeyPattern string
+
+	// Value produces the value stored under the key while the lock is held.
+	// Nil stores DefaultValue.
+	Value func() []byte
+}
+
+// Defaults is the Config every new lock starts from, like python-consul-lock's
+// defaults module. Set its fields once at start-up, before locks are built
+// concurrently; it is the only package-level mutable state.
+var Defaults = Config{
+	LockTimeout: 180 * time.Second,
+	KeyPattern:  "locks/ephemeral/%s",
+	Value:       DefaultValue,
+}
+
+// Option changes one setting of a lock being built.
+type Option func(*Config)
+
+// WithClient sets the Consul client that the lock uses.
+func WithClient(c *api.Client) Option { return func(cfg *Config) { cfg.Client = c } }
+
+// WithAcquireTimeout sets how long Acquire waits for a held lock; zero means
+// one attempt.
+func WithAcquireTimeout(d time.Duration) Option {
+	return func(cfg *Config) { cfg.AcquireTimeout = d }
+}
+
+// WithLockTimeout sets the lock's maximum lifespan (the session TTL).
+func WithLockTimeout(d time.Duration) Option {
+	return func(cfg *Config) { cfg.LockTimeout = d }
+}
+
+// WithLockDelay sets how long Consul keeps the key from everyone after the
+// holder's session was invalidated.
+func WithLockDelay(d time.Duration) Option {
+	return func(cfg *Config) { cfg.LockDelay = d }
+}
+
+// WithKeyPattern sets the pattern that turns the lock's name into a key.
+func WithKeyPattern(pattern string) Option {
+	return func(cfg *Config) { cfg.KeyPattern = pattern }
+}
+
+// WithValue sets the function that produces the value stored under the key.
+func WithValue(fn func() []byte) Option { return func(cfg *Config) { cfg.Value = fn } }
+
+// validate names the first setting that is out of range.
+func (c *Config) validate() error {
+	switch {
+	case c.Client == nil:
+		return fmt.Errorf("%w: no Consul client: pass WithClient or set Defaults.Client", ErrInvalidOption)
+	case c.AcquireTimeout < 0:
+		return fmt.Errorf("%w: AcquireTimeout %v is negative", ErrInvalidOption, c.AcquireTimeout)
+	case c.LockTimeout < MinLockTimeout || c.LockTimeout > MaxLockTimeout:
+		return fmt.Errorf("%w: LockTimeout %v outside [%v, %v], the session TTLs Consul accepts",
+			ErrInvalidOption, c.LockTimeout, MinLockTimeout, MaxLockTimeout)
+	case c.LockDelay < 0 || c.LockDelay > MaxLockDelay:
+		return fmt.Errorf("%w: LockDelay %v outside [0s, %v]", ErrInvalidOption, c.LockDelay, MaxLockDelay)
+	}
+	return validatePattern(c.KeyPattern)
+}

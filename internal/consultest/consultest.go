@@ -1,0 +1,188 @@
+// Package consultest runs consullock's tests against real Consul agents that
+// it starts on loopback: a dev agent shared by a package's tests, and
+// dedicated agents and clusters for tests that break them. A test that needs
+// Consul and cannot get it fails with the reason; it never skips.
+package consultest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/goleak"
+
+	"github.com/consullock/consullock/internal/consulagent"
+)
+
+var (
+	shared  *consulagent.Agent
+	binOnce sync.Once
+	bin     string
+	binErr  error
+)
+
+// Main starts the shared dev agent, runs the package's tests, and then fails
+// the run if the tests left a Consul session, a key or a goroutine behind.
+// Use it as the package's TestMain.
+func Main(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "consultest-")
+	if err != nil {
+		return fail("temp dir: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	b, err := binary()
+	if err != nil {
+		return fail("no Consul binary: %v", err)
+	}
+	shared, err = consulagent.Start(ctx, consulagent.Options{Bin: b, Dir: filepath.Join(dir, "shared"), Name: "shared", Dev: true})
+	if err != nil {
+		return fail("cannot start a Consul dev agent: %v", err)
+	}
+	defer shared.Stop() // also on the early returns; Stop is idempotent
+	// Code written as a user would, such as the runnable examples, finds the
+	// agent where api.DefaultConfig looks.
+	os.Setenv("CONSUL_HTTP_ADDR", shared.HTTPAddr())
+	code := m.Run()
+	if code != 0 {
+		return code
+	}
+	if err := checkClean(ctx); err != nil {
+		return fail("%v", err)
+	}
+	shared.Stop() // its process's waiter goroutine must end before the leak check
+	// Pooled HTTP clients such as api.DefaultConfig's keep idle connections,
+	// with their two goroutines, for reuse; that is not a leak of ours.
+	if err := goleak.Find(
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+	); err != nil {
+		return fail("goroutines left behind: %v", err)
+	}
+	return 0
+}
+
+func fail(format string, args ...any) int {
+	fmt.Fprintf(os.Stderr, "consultest: "+format+"\n", args...)
+	return 1
+}
+
+// binary builds the pinned Consul once per test process.
+func binary() (string, error) {
+	binOnce.Do(func() { bin, binErr = consulagent.Binary(context.Background(), os.Stderr) })
+	return bin, binErr
+}
+
+// checkClean reports sessions and keys left in the shared agent.
+func checkClean(ctx context.Context) error {
+	c, closeIdle, err := shared.Client()
+	if err != nil {
+		return err
+	}
+	defer closeIdle()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	sessions, _, err := c.Session().List(q)
+	if err != nil {
+		return fmt.Errorf("list sessions: %w", err)
+	}
+	keys, _, err := c.KV().Keys("", "", q)
+	if err != nil {
+		return fmt.Errorf("list keys: %w", err)
+	}
+	var left []string
+	for _, s := range sessions {
+		left = append(left, "session "+s.ID+" ("+s.Name+")")
+	}
+	for _, k := range keys {
+		left = append(left, "key "+k)
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("the tests left behind in Consul:\n  %s", strings.Join(left, "\n  "))
+	}
+	return nil
+}
+
+// Client returns a client of the shared dev agent whose idle connections are
+// closed when the test ends.
+func Client(tb testing.TB) *api.Client {
+	tb.Helper()
+	if shared == nil {
+		tb.Fatal("consultest: no shared Consul agent: call consultest.Main from TestMain")
+	}
+	return client(tb, shared)
+}
+
+// Shared returns the shared dev agent.
+func Shared(tb testing.TB) *consulagent.Agent {
+	tb.Helper()
+	Client(tb)
+	return shared
+}
+
+func client(tb testing.TB, a *consulagent.Agent) *api.Client {
+	tb.Helper()
+	c, closeIdle, err := a.Client()
+	if err != nil {
+		tb.Fatalf("consultest: client for %s: %v", a.HTTPAddr(), err)
+	}
+	tb.Cleanup(closeIdle)
+	return c
+}
+
+// ClientOf returns a client of agent a whose idle connections are closed
+// when the test ends.
+func ClientOf(tb testing.TB, a *consulagent.Agent) *api.Client { return client(tb, a) }
+
+// DevAgent starts a dev agent of the test's own, for tests that stop,
+// freeze or restart it; it is killed when the test ends.
+func DevAgent(tb testing.TB) *consulagent.Agent {
+	tb.Helper()
+	b, err := binary()
+	if err != nil {
+		tb.Fatalf("consultest: no Consul binary: %v", err)
+	}
+	a, err := consulagent.Start(context.Background(), consulagent.Options{Bin: b, Dir: tb.TempDir(), Name: "dev", Dev: true})
+	if err != nil {
+		tb.Fatalf("consultest: cannot start a Consul dev agent: %v", err)
+	}
+	tb.Cleanup(func() { a.Kill() })
+	return a
+}
+
+// Cluster starts n servers of the test's own, killed when the test ends.
+func Cluster(tb testing.TB, n int) *consulagent.Cluster {
+	tb.Helper()
+	b, err := binary()
+	if err != nil {
+		tb.Fatalf("consultest: no Consul binary: %v", err)
+	}
+	c, err := consulagent.StartCluster(context.Background(), b, tb.TempDir(), n)
+	if err != nil {
+		tb.Fatalf("consultest: cannot start a %d-server Consul cluster: %v", n, err)
+	}
+	tb.Cleanup(c.Stop)
+	return c
+}
+
+// Eventually waits until cond holds, checking every 10 ms, and fails the
+// test with msg when it does not within d.
+func Eventually(tb testing.TB, d time.Duration, msg string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("not within %v: %s", d, msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

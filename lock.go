@@ -1,0 +1,267 @@
+package consullock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// EphemeralLock is a single-use lock on one Consul key, for short critical
+// sections such as application hot spots: the lock python-consul-lock
+// offers, with the same key layout and value, so Go and Python holders of
+// one key exclude each other.
+//
+// Each lock has a Consul session of its own whose TTL is the lock's maximum
+// lifespan (Config.LockTimeout) and whose invalidation deletes the key. While
+// the lock is held, no other session can hold its key; that guarantee lasts
+// until Release, or until Consul invalidates the session once LockTimeout has
+// passed (at any time up to twice LockTimeout), whichever comes first.
+// A holder that may run longer must not rely on the lock past LockTimeout.
+//
+// The methods are safe for concurrent use. Release from another goroutine
+// cancels an Acquire in progress.
+type EphemeralLock struct {
+	cfg Config
+	key string
+
+	mu       sync.Mutex
+	state    lockState
+	session  string             // set while held
+	cancel   context.CancelFunc // cancels an Acquire in progress
+	acquired chan struct{}      // closed when an Acquire in progress returns
+	holder   string             // who kept the key through a failed acquire
+}
+
+type lockState int
+
+const (
+	stateNew lockState = iota
+	stateAcquiring
+	stateHeld
+	stateDone // released, or an acquire that failed: single use either way
+)
+
+// NewEphemeralLock builds a lock on the key that Defaults.KeyPattern (or
+// WithKeyPattern) makes of name. It validates every setting and talks to no
+// one: a bad name or option is reported here, with nothing written to Consul.
+func NewEphemeralLock(name string, opts ...Option) (*EphemeralLock, error) {
+	cfg := Defaults
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	key, err := lockKey(cfg.KeyPattern, name)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Value == nil {
+		cfg.Value = DefaultValue
+	}
+	return &EphemeralLock{cfg: cfg, key: key}, nil
+}
+
+// Key returns the Consul key of the lock.
+func (l *EphemeralLock) Key() string { return l.key }
+
+// Session returns the ID of the Consul session holding the lock, or "" when
+// the lock is not held.
+func (l *EphemeralLock) Session() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.session
+}
+
+// Acquire takes the lock, waiting up to the acquire timeout for another
+// holder to release it. It fails hard: when the lock stays taken for the whole
+// timeout the error wraps ErrNotAcquired. A lock is single use: any call after
+// the first returns ErrAlreadyUsed. When ctx ends first, Acquire returns
+// promptly with ctx's error. Whenever it returns an error, nothing of the
+// attempt is left in Consul.
+func (l *EphemeralLock) Acquire(ctx context.Context) error {
+	acquired, err := l.TryAcquire(ctx)
+	if err == nil && !acquired {
+		err = l.notAcquired()
+	}
+	return err
+}
+
+// TryAcquire is Acquire without failing hard, python-consul-lock's
+// fail_hard=False: it returns (false, nil) when another holder kept the lock
+// for the whole acquire timeout, and an error only for a real failure.
+func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
+	ctx, err := l.begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	session, acquired, err := l.contend(ctx)
+	l.end(session, acquired)
+	if err != nil {
+		return false, fmt.Errorf("consullock: acquire %q: %w", l.key, err)
+	}
+	return acquired, nil
+}
+
+// Release gives the lock back: its key is deleted, and only if this lock's
+// session still holds it, then the session is destroyed. It is idempotent,
+// and does nothing on a lock never acquired. A failed Release may be retried;
+// if it is not, Consul frees the key when the session's TTL runs out.
+func (l *EphemeralLock) Release(ctx context.Context) error {
+	l.mu.Lock()
+	if l.state == stateAcquiring {
+		l.cancel()
+		done := l.acquired
+		l.mu.Unlock()
+		<-done
+		l.mu.Lock()
+	}
+	defer l.mu.Unlock()
+	if l.state != stateHeld {
+		l.state = stateDone
+		return nil
+	}
+	if err := l.giveBack(ctx, l.session); err != nil {
+		return fmt.Errorf("consullock: release %q: %w", l.key, err)
+	}
+	l.state, l.session = stateDone, ""
+	return nil
+}
+
+// Hold acquires the lock, runs fn, and releases the lock however fn ends,
+// also when it panics. It returns fn's error, joined with Release's if that
+// failed; when the lock is not acquired, fn does not run and the error is
+// Acquire's. The release runs even when ctx was cancelled.
+func (l *EphemeralLock) Hold(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	if err := l.Acquire(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		rctx, cancel := detached(ctx)
+		defer cancel()
+		if rerr := l.Release(rctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	return fn(ctx)
+}
+
+// begin moves a new lock to acquiring and returns the context that Release
+// cancels.
+func (l *EphemeralLock) begin(ctx context.Context) (context.Context, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state != stateNew {
+		return nil, fmt.Errorf("%w: %q", ErrAlreadyUsed, l.key)
+	}
+	ctx, l.cancel = context.WithCancel(ctx)
+	l.state, l.acquired = stateAcquiring, make(chan struct{})
+	return ctx, nil
+}
+
+func (l *EphemeralLock) end(session string, acquired bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cancel()
+	close(l.acquired)
+	if acquired {
+		l.state, l.session = stateHeld, session
+	} else {
+		l.state = stateDone
+	}
+}
+
+// contend creates the lock's session and takes the key with it, waiting on
+// blocking queries while another session holds it. Unless it returns
+// acquired, it has destroyed the session again.
+func (l *EphemeralLock) contend(ctx context.Context) (session string, acquired bool, err error) {
+	session, err = createSession(ctx, l.cfg.Client, sessionSpec{
+		name:      "consullock: " + l.key,
+		ttl:       l.cfg.LockTimeout,
+		lockDelay: l.cfg.LockDelay,
+	})
+	if err != nil {
+		return "", false, err
+	}
+	defer func() {
+		if !acquired {
+			cctx, cancel := detached(ctx)
+			defer cancel()
+			err = errors.Join(err, destroySession(cctx, l.cfg.Client, session))
+		}
+	}()
+	w := &keyWatch{kv: l.cfg.Client.KV(), key: l.key, deadline: deadlineAfter(l.cfg.AcquireTimeout)}
+	for {
+		if acquired, err = l.put(ctx, session); acquired || err != nil {
+			return session, acquired, err
+		}
+		switch err = w.untilFree(ctx); {
+		case errors.Is(err, errDeadline):
+			l.recordHolder(w.holder)
+			return session, false, nil
+		case err != nil:
+			return session, false, err
+		}
+	}
+}
+
+// put tries once to take the key with session, the way python-consul-lock
+// does: a KV PUT with ?acquire.
+func (l *EphemeralLock) put(ctx context.Context, session string) (bool, error) {
+	pair := &api.KVPair{Key: l.key, Value: l.cfg.Value(), Session: session}
+	ok, _, err := l.cfg.Client.KV().Acquire(pair, writeOpts(ctx))
+	if err != nil {
+		return false, fmt.Errorf("acquire key: %w", err)
+	}
+	return ok, nil
+}
+
+// giveBack releases the key and destroys the session. With a lock delay, the
+// key is deleted first, conditional on this session holding it, because
+// destroying a session that still holds a key imposes the lock delay on the
+// next holder. Without one, destroying the session deletes the key in the same
+// consensus write.
+func (l *EphemeralLock) giveBack(ctx context.Context, session string) error {
+	c := l.cfg.Client
+	if l.cfg.LockDelay > 0 {
+		ops := api.KVTxnOps{
+			{Verb: api.KVCheckSession, Key: l.key, Session: session},
+			{Verb: api.KVDelete, Key: l.key},
+		}
+		// A failed check means the key is no longer ours: nothing to delete.
+		if _, _, _, err := c.KV().Txn(ops, queryOpts(ctx, api.QueryOptions{})); err != nil {
+			return fmt.Errorf("delete key: %w", err)
+		}
+	}
+	return destroySession(ctx, c, session)
+}
+
+// recordHolder notes who kept the key, for ErrNotAcquired's message.
+func (l *EphemeralLock) recordHolder(pair *api.KVPair) {
+	if pair == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.holder = fmt.Sprintf("session %s (value %.200q)", pair.Session, pair.Value)
+}
+
+func (l *EphemeralLock) notAcquired() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holder == "" {
+		return fmt.Errorf("%w: %q held by another session", ErrNotAcquired, l.key)
+	}
+	return fmt.Errorf("%w: %q held by %s for the whole acquire timeout (%v)",
+		ErrNotAcquired, l.key, l.holder, l.cfg.AcquireTimeout)
+}
+
+// deadlineAfter is time.Now().Add(d) without overflow for huge timeouts.
+func deadlineAfter(d time.Duration) time.Time {
+	const century = 100 * 365 * 24 * time.Hour
+	return time.Now().Add(min(d, century))
+}

@@ -1,0 +1,32 @@
+package consullock
+
+import (
+	"encoding/json"
+	"os"
+	"time"
+)
+
+// pythonTime is how python-consul-lock writes datetime.now() with str().
+const pythonTime = "2006-01-02 15:04:05.000000"
+
+// Holder is what DefaultValue stores under a held key: when and where the lock
+// was taken. LockedAt is the field python-consul-lock writes; Host and PID
+// are added for operators and ignored by Python readers.
+type Holder struct {
+	LockedAt string `json:"locked_at"`
+	Host     string `json:"host,omitempty"`
+	PID      int    `json:"pid,omitempty"`
+}
+
+// DefaultValue returns the JSON that python-consul-lock stores,
+// {"locked_at": "2006-01-02 15:04:05.000000"} in local time, with the holder's
+// host name and process id added.
+func DefaultValue() []byte {
+	host, _ := os.Hostname()
+	b, _ := json.Marshal(Holder{
+		LockedAt: time.Now().Format(pythonTime),
+		Host:     host,
+		PID:      os.Getpid(),
+	})
+	return b
+}
