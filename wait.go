@@ -22,9 +22,9 @@ type keyWatch struct {
 	key      string
 	deadline time.Time
 
-	index  uint64      // Consul index of the last answer; 0 asks without blocking
-	holder *api.KVPair // the key as last seen held, for error messages
-	poll   time.Duration
+	index   uint64      // Consul index of the last answer; 0 asks without blocking
+	holder  *api.KVPair // the key as last seen held, for error messages
+	poll    time.Duration
 	sawFree bool // the last wait ended on a free key, yet the acquire failed
 }
 

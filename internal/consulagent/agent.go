@@ -49,8 +49,8 @@ type Agent struct {
 	opts  Options
 	Ports Ports
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu     sync.Mutex
+	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
 }
 
@@ -331,4 +331,3 @@ func freeTCP() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
-
