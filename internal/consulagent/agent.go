@@ -241,6 +241,16 @@ func (a *Agent) Restart() error {
 	return a.start()
 }
 
+// PID is the process id of the agent, which leads its process group.
+func (a *Agent) PID() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil || a.cmd.Process == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
+}
+
 // Running reports whether the agent's process is alive.
 func (a *Agent) Running() bool {
 	a.mu.Lock()
@@ -277,6 +287,11 @@ func (a *Agent) signalAndWait(sig syscall.Signal, grace time.Duration) error {
 	a.mu.Unlock()
 	if cmd == nil || cmd.Process == nil {
 		return nil
+	}
+	select {
+	case <-exited: // its process group id may already belong to someone else
+		return nil
+	default:
 	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT) // a frozen agent cannot act on SIGTERM
 	syscall.Kill(-cmd.Process.Pid, sig)

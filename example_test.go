@@ -1,0 +1,112 @@
+package consullock_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consullock/consullock"
+)
+
+// Set the client once, in Defaults, instead of passing it to every lock.
+// api.DefaultConfig reads CONSUL_HTTP_ADDR and the other CONSUL_* variables.
+func Example_defaults() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	consullock.Defaults.Client = client
+
+	lock, err := consullock.NewEphemeralLock("my/special/key")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(lock.Key())
+	// Output: locks/ephemeral/my/special/key
+}
+
+// Hold acquires the lock, runs the function, and releases the lock however
+// the function ends: python-consul-lock's `with lock.hold():`.
+func ExampleEphemeralLock_Hold() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	lock, err := consullock.NewEphemeralLock("my/special/key",
+		consullock.WithClient(client),
+		consullock.WithAcquireTimeout(500*time.Millisecond))
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = lock.Hold(context.Background(), func(ctx context.Context) error {
+		fmt.Println("here be dragons")
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output: here be dragons
+}
+
+// Acquire and Release by hand; the deferred Release is the try/finally of
+// python-consul-lock's second example.
+func ExampleEphemeralLock_Acquire() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	lock, err := consullock.NewEphemeralLock("my/special/key",
+		consullock.WithClient(client),
+		consullock.WithAcquireTimeout(500*time.Millisecond))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := lock.Acquire(ctx); err != nil {
+		log.Fatal(err) // wraps consullock.ErrNotAcquired if another holder kept it
+	}
+	defer lock.Release(ctx)
+	fmt.Println("here be dragons")
+	// Output: here be dragons
+}
+
+// TryAcquire does not fail hard: it reports whether the lock was taken, so the
+// caller can react to another holder (python-consul-lock's fail_hard=False).
+func ExampleEphemeralLock_TryAcquire() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	newLock := func() *consullock.EphemeralLock {
+		lock, err := consullock.NewEphemeralLock("my/special/key",
+			consullock.WithClient(client),
+			consullock.WithAcquireTimeout(500*time.Millisecond))
+		if err != nil {
+			log.Fatal(err)
+		}
+		return lock
+	}
+
+	other := newLock() // someone else holds the key
+	if err := other.Acquire(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer other.Release(ctx)
+
+	lock := newLock()
+	acquired, err := lock.TryAcquire(ctx)
+	if err != nil {
+		log.Fatal(err) // a real failure: Consul unreachable, ACL denied, ...
+	}
+	defer lock.Release(ctx)
+	if acquired {
+		fmt.Println("here be dragons")
+	} else {
+		fmt.Println("someone else has the lock :\\ try again later")
+	}
+	// Output: someone else has the lock :\ try again later
+}
