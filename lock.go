@@ -31,6 +31,7 @@ type EphemeralLock struct {
 	mu       sync.Mutex
 	state    lockState
 	session  string             // set while held
+	token    uint64             // set while held
 	cancel   context.CancelFunc // cancels an Acquire in progress
 	acquired chan struct{}      // closed when an Acquire in progress returns
 	holder   string             // who kept the key through a failed acquire
@@ -77,6 +78,18 @@ func (l *EphemeralLock) Session() string {
 	return l.session
 }
 
+// Token returns the fencing token of the current hold, or 0 when the lock
+// is not held: the Consul index of the write that took the key. Tokens of
+// successive holders of one key strictly increase, also across deletions of
+// the key, because Consul's index only grows. A resource that remembers the
+// highest token it has seen and refuses smaller ones is safe from a holder
+// that lost the lock without noticing (see Config.LockTimeout).
+func (l *EphemeralLock) Token() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.token
+}
+
 // Acquire takes the lock, waiting up to the acquire timeout for another
 // holder to release it. It fails hard: when the lock stays taken for the whole
 // timeout the error wraps ErrNotAcquired. A lock is single use: any call after
@@ -99,8 +112,9 @@ func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	session, acquired, err := l.contend(ctx)
-	l.end(session, acquired)
+	session, token, err := l.contend(ctx)
+	acquired := token != 0
+	l.end(session, token)
 	if err != nil {
 		return false, fmt.Errorf("consullock: acquire %q: %w", l.key, err)
 	}
@@ -128,7 +142,7 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 	if err := l.giveBack(ctx, l.session); err != nil {
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
-	l.state, l.session = stateDone, ""
+	l.state, l.session, l.token = stateDone, "", 0
 	return nil
 }
 
@@ -163,32 +177,33 @@ func (l *EphemeralLock) begin(ctx context.Context) (context.Context, error) {
 	return ctx, nil
 }
 
-func (l *EphemeralLock) end(session string, acquired bool) {
+func (l *EphemeralLock) end(session string, token uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cancel()
 	close(l.acquired)
-	if acquired {
-		l.state, l.session = stateHeld, session
+	if token != 0 {
+		l.state, l.session, l.token = stateHeld, session, token
 	} else {
 		l.state = stateDone
 	}
 }
 
 // contend creates the lock's session and takes the key with it, waiting on
-// blocking queries while another session holds it. Unless it returns
-// acquired, it has destroyed the session again.
-func (l *EphemeralLock) contend(ctx context.Context) (session string, acquired bool, err error) {
+// blocking queries while another session holds it. It returns the fencing
+// token of the hold, or 0 when the lock was not acquired, in which case it
+// has destroyed the session again.
+func (l *EphemeralLock) contend(ctx context.Context) (session string, token uint64, err error) {
 	session, err = createSession(ctx, l.cfg.Client, sessionSpec{
 		name:      "consullock: " + l.key,
 		ttl:       l.cfg.LockTimeout,
 		lockDelay: l.cfg.LockDelay,
 	})
 	if err != nil {
-		return "", false, err
+		return "", 0, err
 	}
 	defer func() {
-		if !acquired {
+		if token == 0 {
 			cctx, cancel := detached(ctx)
 			defer cancel()
 			err = errors.Join(err, destroySession(cctx, l.cfg.Client, session))
@@ -196,28 +211,17 @@ func (l *EphemeralLock) contend(ctx context.Context) (session string, acquired b
 	}()
 	w := &keyWatch{kv: l.cfg.Client.KV(), key: l.key, deadline: deadlineAfter(l.cfg.AcquireTimeout)}
 	for {
-		if acquired, err = l.put(ctx, session); acquired || err != nil {
-			return session, acquired, err
+		if token, err = takeKey(ctx, l.cfg.Client, l.key, l.cfg.Value(), session); token != 0 || err != nil {
+			return session, token, err
 		}
 		switch err = w.untilFree(ctx); {
 		case errors.Is(err, errDeadline):
 			l.recordHolder(w.holder)
-			return session, false, nil
+			return session, 0, nil
 		case err != nil:
-			return session, false, err
+			return session, 0, err
 		}
 	}
-}
-
-// put tries once to take the key with session, the way python-consul-lock
-// does: a KV PUT with ?acquire.
-func (l *EphemeralLock) put(ctx context.Context, session string) (bool, error) {
-	pair := &api.KVPair{Key: l.key, Value: l.cfg.Value(), Session: session}
-	ok, _, err := l.cfg.Client.KV().Acquire(pair, writeOpts(ctx))
-	if err != nil {
-		return false, fmt.Errorf("acquire key: %w", err)
-	}
-	return ok, nil
 }
 
 // giveBack releases the key and destroys the session. With a lock delay, the

@@ -448,3 +448,39 @@ func TestContention(t *testing.T) {
 	}
 	t.Logf("%d lock cycles on one key by %d goroutines in %v, no overlap", workers*rounds, workers, time.Since(start).Round(time.Millisecond))
 }
+
+// Fencing tokens strictly increase across successive holders of a key, also
+// after the key was deleted (Consul's LockIndex would start again at 1).
+func TestTokensIncreaseAcrossHolders(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	name := lockName(t, "k")
+	var last uint64
+	for i := range 5 {
+		l := mustAcquire(t, c, name)
+		tok := l.Token()
+		pair, _, err := c.KV().Get(l.Key(), nil)
+		if err != nil || pair == nil {
+			t.Fatalf("get %s: %v", l.Key(), err)
+		}
+		if tok <= last || tok != pair.ModifyIndex {
+			t.Fatalf("holder %d: token %d (last %d, key's ModifyIndex %d), want greater than the last and equal to the acquiring write's index", i, tok, last, pair.ModifyIndex)
+		}
+		if pair.LockIndex != 1 {
+			t.Fatalf("LockIndex %d, want 1: the key should be new for each holder", pair.LockIndex)
+		}
+		last = tok
+		if i%2 == 0 {
+			if _, err := c.KV().Delete(l.Key(), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if l.Token() != 0 {
+			t.Fatalf("Token() = %d after Release, want 0", l.Token())
+		}
+	}
+}
