@@ -23,4 +23,10 @@ var (
 	// documented range. It is returned when the lock is built, before
 	// anything is sent to Consul.
 	ErrInvalidOption = errors.New("consullock: invalid option")
+
+	// ErrLockLost is the cause (context.Cause) of the context that Hold
+	// gives its function when the lock is lost while held: its key was
+	// deleted or taken over, its session invalidated, or its maximum lifespan
+	// ran out.
+	ErrLockLost = errors.New("consullock: lock lost")
 )

@@ -35,6 +35,11 @@ type EphemeralLock struct {
 	cancel   context.CancelFunc // cancels an Acquire in progress
 	acquired chan struct{}      // closed when an Acquire in progress returns
 	holder   string             // who kept the key through a failed acquire
+
+	lost      chan struct{}           // closed when the hold ends; see Lost
+	lostErr   error                   // why the hold was lost, if it was
+	stopWatch context.CancelFunc      // ends the watch of the hold
+	onLost    context.CancelCauseFunc // cancels Hold's context on a loss
 }
 
 type lockState int
@@ -64,7 +69,7 @@ func NewEphemeralLock(name string, opts ...Option) (*EphemeralLock, error) {
 	if cfg.Value == nil {
 		cfg.Value = DefaultValue
 	}
-	return &EphemeralLock{cfg: cfg, key: key}, nil
+	return &EphemeralLock{cfg: cfg, key: key, lost: make(chan struct{})}, nil
 }
 
 // Key returns the Consul key of the lock.
@@ -78,8 +83,8 @@ func (l *EphemeralLock) Session() string {
 	return l.session
 }
 
-// Token returns the fencing token of the current hold, or 0 when the lock
-// is not held: the Consul index of the write that took the key. Tokens of
+// Token returns the fencing token of the hold, from Acquire until Release
+// (also after a loss), and 0 otherwise: the Consul index of the write that took the key. Tokens of
 // successive holders of one key strictly increase, also across deletions of
 // the key, because Consul's index only grows. A resource that remembers the
 // highest token it has seen and refuses smaller ones is safe from a holder
@@ -112,9 +117,9 @@ func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	session, token, err := l.contend(ctx)
-	acquired := token != 0
-	l.end(session, token)
+	h, err := l.contend(ctx)
+	acquired := h.token != 0
+	l.end(ctx, h)
 	if err != nil {
 		return false, fmt.Errorf("consullock: acquire %q: %w", l.key, err)
 	}
@@ -137,12 +142,14 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 	defer l.mu.Unlock()
 	if l.state != stateHeld {
 		l.state = stateDone
+		l.endHold()
 		return nil
 	}
 	if err := l.giveBack(ctx, l.session); err != nil {
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
 	l.state, l.session, l.token = stateDone, "", 0
+	l.endHold()
 	return nil
 }
 
@@ -150,7 +157,15 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 // also when it panics. It returns fn's error, joined with Release's if that
 // failed; when the lock is not acquired, fn does not run and the error is
 // Acquire's. The release runs even when ctx was cancelled.
+//
+// fn's context is cancelled when the lock is lost (see Lost), with a cause
+// that wraps ErrLockLost: fn must stop touching what the lock protects then.
 func (l *EphemeralLock) Hold(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	l.mu.Lock()
+	l.onLost = cancel
+	l.mu.Unlock()
 	if err := l.Acquire(ctx); err != nil {
 		return err
 	}
@@ -177,49 +192,56 @@ func (l *EphemeralLock) begin(ctx context.Context) (context.Context, error) {
 	return ctx, nil
 }
 
-func (l *EphemeralLock) end(session string, token uint64) {
+// end records the outcome of an acquire and starts watching a hold.
+func (l *EphemeralLock) end(ctx context.Context, h hold) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cancel()
 	close(l.acquired)
-	if token != 0 {
-		l.state, l.session, l.token = stateHeld, session, token
-	} else {
+	if h.token == 0 {
 		l.state = stateDone
+		l.endHold()
+		return
 	}
+	l.state, l.session, l.token = stateHeld, h.session, h.token
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	l.stopWatch = stop
+	go l.watch(wctx, h)
 }
 
 // contend creates the lock's session and takes the key with it, waiting on
 // blocking queries while another session holds it. It returns the fencing
 // token of the hold, or 0 when the lock was not acquired, in which case it
 // has destroyed the session again.
-func (l *EphemeralLock) contend(ctx context.Context) (session string, token uint64, err error) {
-	session, err = createSession(ctx, l.cfg.Client, sessionSpec{
+func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
+	sent := time.Now()
+	h.expires = holdExpiry(sent, l.cfg.LockTimeout)
+	h.session, err = createSession(ctx, l.cfg.Client, sessionSpec{
 		name:      "consullock: " + l.key,
 		ttl:       l.cfg.LockTimeout,
 		lockDelay: l.cfg.LockDelay,
 	})
 	if err != nil {
-		return "", 0, err
+		return hold{}, err
 	}
 	defer func() {
-		if token == 0 {
+		if h.token == 0 {
 			cctx, cancel := detached(ctx)
 			defer cancel()
-			err = errors.Join(err, destroySession(cctx, l.cfg.Client, session))
+			err = errors.Join(err, destroySession(cctx, l.cfg.Client, h.session))
 		}
 	}()
 	w := &keyWatch{kv: l.cfg.Client.KV(), key: l.key, deadline: deadlineAfter(l.cfg.AcquireTimeout)}
 	for {
-		if token, err = takeKey(ctx, l.cfg.Client, l.key, l.cfg.Value(), session); token != 0 || err != nil {
-			return session, token, err
+		if h.token, err = takeKey(ctx, l.cfg.Client, l.key, l.cfg.Value(), h.session); h.token != 0 || err != nil {
+			return h, err
 		}
 		switch err = w.untilFree(ctx); {
 		case errors.Is(err, errDeadline):
 			l.recordHolder(w.holder)
-			return session, 0, nil
+			return h, nil
 		case err != nil:
-			return session, 0, err
+			return h, err
 		}
 	}
 }

@@ -1,0 +1,137 @@
+package consullock_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+// lostWithin fails the test unless l's Lost channel closes within d, and
+// returns how long it took.
+func lostWithin(t *testing.T, l *consullock.EphemeralLock, d time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-l.Lost():
+		return time.Since(start)
+	case <-time.After(d):
+		t.Fatalf("Lost() not closed within %v", d)
+		return 0
+	}
+}
+
+func TestLostWhenTakenAway(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		take func(c *api.Client, l *consullock.EphemeralLock) error
+	}{
+		{"key deleted", func(c *api.Client, l *consullock.EphemeralLock) error {
+			_, err := c.KV().Delete(l.Key(), nil)
+			return err
+		}},
+		{"session destroyed", func(c *api.Client, l *consullock.EphemeralLock) error {
+			_, err := c.Session().Destroy(l.Session(), nil)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := consultest.Client(t)
+			l := mustAcquire(t, c, lockName(t, "k"))
+			select {
+			case <-l.Lost():
+				t.Fatal("Lost() closed while the lock is held")
+			default:
+			}
+			if err := tc.take(c, l); err != nil {
+				t.Fatal(err)
+			}
+			took := lostWithin(t, l, time.Second)
+			if !errors.Is(l.Err(), consullock.ErrLockLost) {
+				t.Fatalf("Err() = %v, want ErrLockLost", l.Err())
+			}
+			t.Logf("%s: loss noticed after %v: %v", tc.name, took, l.Err())
+		})
+	}
+}
+
+// Hold's function learns of the loss through its context, whose cause wraps
+// ErrLockLost.
+func TestHoldContextCancelledOnLoss(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	l := newLock(t, c, lockName(t, "k"))
+	var cause error
+	var lostAfter time.Duration
+	err := l.Hold(context.Background(), func(ctx context.Context) error {
+		start := time.Now()
+		if _, err := c.Session().Destroy(l.Session(), nil); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			lostAfter, cause = time.Since(start), context.Cause(ctx)
+			return cause
+		case <-time.After(5 * time.Second):
+			return errors.New("fn's context not cancelled within 5s of the loss")
+		}
+	})
+	if !errors.Is(err, consullock.ErrLockLost) || !errors.Is(cause, consullock.ErrLockLost) {
+		t.Fatalf("Hold = %v, cause %v: want ErrLockLost", err, cause)
+	}
+	if lostAfter > time.Second {
+		t.Fatalf("fn's context cancelled %v after the loss, want within 1s", lostAfter)
+	}
+}
+
+// A holder that outlives its maximum lifespan is told so before Consul could
+// give the key to anyone else.
+func TestLostAtMaximumLifespan(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	const ttl = consullock.MinLockTimeout
+	start := time.Now()
+	l := mustAcquire(t, c, lockName(t, "k"), consullock.WithLockTimeout(ttl))
+	took := lostWithin(t, l, ttl+time.Second)
+	if since := time.Since(start); since < ttl-2*time.Second || since >= ttl {
+		t.Fatalf("lost %v after the acquire began, want shortly before LockTimeout %v", since, ttl)
+	}
+	if s := holderSession(t, c, l.Key()); s != l.Session() {
+		t.Fatalf("key held by %q when the loss was reported, want still by the lock's session", s)
+	}
+	t.Logf("maximum lifespan %v: loss reported %v after the acquire returned: %v", ttl, took, l.Err())
+}
+
+// A clean release closes Lost without reporting a loss, and a Hold whose
+// function ends normally sees no cancellation.
+func TestReleaseIsNotALoss(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	l := newLock(t, c, lockName(t, "k"))
+	err := l.Hold(context.Background(), func(ctx context.Context) error {
+		return context.Cause(ctx)
+	})
+	if err != nil {
+		t.Fatalf("Hold = %v", err)
+	}
+	lostWithin(t, l, time.Second)
+	if l.Err() != nil {
+		t.Fatalf("Err() = %v after a clean release, want nil", l.Err())
+	}
+
+	busy := mustAcquire(t, c, lockName(t, "busy"))
+	notAcquired := newLock(t, c, lockName(t, "busy"))
+	if ok, err := notAcquired.TryAcquire(context.Background()); ok || err != nil {
+		t.Fatalf("TryAcquire = (%v, %v)", ok, err)
+	}
+	lostWithin(t, notAcquired, time.Second)
+	if notAcquired.Err() != nil || busy.Err() != nil {
+		t.Fatalf("Err() = %v / %v without a loss", notAcquired.Err(), busy.Err())
+	}
+}
