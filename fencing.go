@@ -35,3 +35,36 @@ func takeKey(ctx context.Context, c *api.Client, key string, value []byte, sessi
 	}
 	return 0, nil
 }
+
+// CheckOp returns a transaction operation that fails unless this lock's
+// session still holds its key: put it first in a Consul transaction
+// (api.KV.Txn or api.Txn.Txn) and the rest of the transaction applies only
+// while the lock is held, like etcd's Mutex.IsOwner. On a lock not held, the
+// operation checks for an empty session and always fails.
+func (l *EphemeralLock) CheckOp() *api.KVTxnOp {
+	return &api.KVTxnOp{Verb: api.KVCheckSession, Key: l.key, Session: l.Session()}
+}
+
+// PutFenced writes value under key in one consensus write that applies only
+// if this lock still holds its key at that moment, so a holder that lost the
+// lock without noticing cannot overwrite what its successor wrote. When the
+// lock is not held, nothing is written and the error wraps ErrLockLost.
+//
+// A resource outside Consul gets the same protection from Token: store the
+// highest token seen with the data and refuse writes that carry a lower one.
+func (l *EphemeralLock) PutFenced(ctx context.Context, key string, value []byte) error {
+	if err := validateKey(key); err != nil {
+		return fmt.Errorf("%w: %q: %s", ErrInvalidKey, key, err)
+	}
+	ops := api.KVTxnOps{l.CheckOp(), {Verb: api.KVSet, Key: key, Value: value}}
+	ok, resp, _, err := l.cfg.Client.KV().Txn(ops, queryOpts(ctx, api.QueryOptions{}))
+	switch {
+	case err != nil:
+		return fmt.Errorf("consullock: fenced put %q: %w", key, err)
+	case !ok && len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0:
+		return fmt.Errorf("%w: %q: fenced put %q refused: %s", ErrLockLost, l.key, key, resp.Errors[0].What)
+	case !ok:
+		return fmt.Errorf("consullock: fenced put %q: %v", key, resp.Errors)
+	}
+	return nil
+}

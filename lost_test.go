@@ -135,3 +135,32 @@ func TestReleaseIsNotALoss(t *testing.T) {
 		t.Fatalf("Err() = %v / %v without a loss", notAcquired.Err(), busy.Err())
 	}
 }
+
+// A fenced write lands while the lock is held and is refused, with nothing
+// written, once the lock is lost.
+func TestPutFencedRefusedAfterLoss(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	l := mustAcquire(t, c, lockName(t, "k"))
+	data := "locks/data/" + lockName(t, "d")
+	t.Cleanup(func() { c.KV().Delete(data, nil) })
+
+	if err := l.PutFenced(ctx, data, []byte("v1")); err != nil {
+		t.Fatalf("fenced put while held: %v", err)
+	}
+	if _, err := c.Session().Destroy(l.Session(), nil); err != nil {
+		t.Fatal(err)
+	}
+	lostWithin(t, l, time.Second)
+	if err := l.PutFenced(ctx, data, []byte("v2")); !errors.Is(err, consullock.ErrLockLost) {
+		t.Fatalf("fenced put after the loss = %v, want ErrLockLost", err)
+	}
+	pair, _, err := c.KV().Get(data, nil)
+	if err != nil || pair == nil || string(pair.Value) != "v1" {
+		t.Fatalf("data = %v (%v), want v1: the refused write must not land", pair, err)
+	}
+	if err := l.PutFenced(ctx, "bad key", nil); !errors.Is(err, consullock.ErrInvalidKey) {
+		t.Fatalf("fenced put to a bad key = %v, want ErrInvalidKey", err)
+	}
+}
