@@ -41,6 +41,17 @@ type Config struct {
 	// It must lie in [0, MaxLockDelay].
 	LockDelay time.Duration
 
+	// Renew keeps the lock for as long as it is held: its session is renewed
+	// every LockTimeout/2, and a renewal that fails for a passing reason is
+	// retried until the local deadline (see EphemeralLock.Lost). LockTimeout
+	// then bounds only how long a holder that died or was cut off from Consul
+	// keeps the lock. Off by default: python-consul-lock's fixed maximum
+	// lifespan.
+	Renew bool
+
+	// Token is the ACL token for this lock's calls; "" uses the client's.
+	Token string
+
 	// KeyPattern turns a lock's name into its Consul key. It must contain
 	// exactly one %s, and no other verb.
 	KeyPattern string
@@ -81,6 +92,14 @@ func WithLockTimeout(d time.Duration) Option {
 func WithLockDelay(d time.Duration) Option {
 	return func(cfg *Config) { cfg.LockDelay = d }
 }
+
+// WithRenewal keeps the lock until Release by renewing its session; see
+// Config.Renew.
+func WithRenewal() Option { return func(cfg *Config) { cfg.Renew = true } }
+
+// WithToken sets the ACL token for the lock's calls to Consul, instead of
+// the client's.
+func WithToken(token string) Option { return func(cfg *Config) { cfg.Token = token } }
 
 // WithKeyPattern sets the pattern that turns the lock's name into a key.
 func WithKeyPattern(pattern string) Option {

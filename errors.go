@@ -24,6 +24,11 @@ var (
 	// anything is sent to Consul.
 	ErrInvalidOption = errors.New("consullock: invalid option")
 
+	// ErrPermissionDenied reports that Consul refused the ACL token; the
+	// message has Consul's words, which name the missing permission (such as
+	// session:write on the agent's node, or key:write on the lock's key).
+	ErrPermissionDenied = errors.New("consullock: permission denied")
+
 	// ErrLockLost is the cause (context.Cause) of the context that Hold
 	// gives its function when the lock is lost while held: its key was
 	// deleted or taken over, its session invalidated, or its maximum lifespan

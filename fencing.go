@@ -2,38 +2,70 @@ package consullock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
-// takeKey tries once to take key for session, storing value, and returns
-// the fencing token of the hold, or 0 when another session holds the key or
-// a lock delay is in force.
+// takeKey tries to take key for session, storing value, retrying transient
+// failures until deadline, and returns the fencing token of the hold, or 0
+// when another session holds the key or a lock delay is in force.
 //
 // It is one consensus write, like python-consul-lock's PUT ?acquire, but as
 // a transaction so that Consul answers with the index of the write: the
-// fencing token, at no extra round trip.
-func takeKey(ctx context.Context, c *api.Client, key string, value []byte, session string) (uint64, error) {
+// fencing token, at no extra round trip. Retrying is safe: a session may take
+// a key it already holds.
+func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time) (uint64, error) {
+	var token uint64
+	err := retry(ctx, deadline, func() (err error) {
+		token, err = takeKeyOnce(ctx, c, key, value, session)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("acquire key: %w", explain(err))
+	}
+	return token, nil
+}
+
+func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string) (uint64, error) {
 	ops := api.KVTxnOps{{Verb: api.KVLock, Key: key, Value: value, Session: session}}
-	ok, resp, _, err := c.KV().Txn(ops, queryOpts(ctx, api.QueryOptions{}))
+	ok, resp, _, err := c.c.KV().Txn(ops, c.query(ctx, api.QueryOptions{}))
 	switch {
 	case err != nil:
-		return 0, fmt.Errorf("acquire key: %w", err)
+		return 0, err
 	case ok && len(resp.Results) == 1 && resp.Results[0].ModifyIndex != 0:
 		return resp.Results[0].ModifyIndex, nil
 	case ok:
-		return 0, fmt.Errorf("acquire key: Consul's answer has no index")
+		return 0, errors.New("Consul's answer has no index")
 	}
 	for _, e := range resp.Errors {
 		// Consul's words (agent/consul/txn_endpoint.go, state/txn.go) for a
 		// key that another session holds or that a lock delay keeps.
 		if !strings.Contains(e.What, "lock is already held") && !strings.Contains(e.What, "due to lock delay") {
-			return 0, fmt.Errorf("acquire key: %s", e.What)
+			return 0, errors.New(e.What)
 		}
 	}
 	return 0, nil
+}
+
+// deleteIfHeld deletes key in one transaction that applies only while
+// session holds it. A key no longer held by session is left alone.
+func deleteIfHeld(ctx context.Context, c conn, key, session string) error {
+	ops := api.KVTxnOps{
+		{Verb: api.KVCheckSession, Key: key, Session: session},
+		{Verb: api.KVDelete, Key: key},
+	}
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+		_, _, _, err := c.c.KV().Txn(ops, c.query(ctx, api.QueryOptions{}))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("delete key: %w", explain(err))
+	}
+	return nil
 }
 
 // CheckOp returns a transaction operation that fails unless this lock's
@@ -57,10 +89,10 @@ func (l *EphemeralLock) PutFenced(ctx context.Context, key string, value []byte)
 		return fmt.Errorf("%w: %q: %s", ErrInvalidKey, key, err)
 	}
 	ops := api.KVTxnOps{l.CheckOp(), {Verb: api.KVSet, Key: key, Value: value}}
-	ok, resp, _, err := l.cfg.Client.KV().Txn(ops, queryOpts(ctx, api.QueryOptions{}))
+	ok, resp, _, err := l.conn.c.KV().Txn(ops, l.conn.query(ctx, api.QueryOptions{}))
 	switch {
 	case err != nil:
-		return fmt.Errorf("consullock: fenced put %q: %w", key, err)
+		return fmt.Errorf("consullock: fenced put %q: %w", key, explain(err))
 	case !ok && len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0:
 		return fmt.Errorf("%w: %q: fenced put %q refused: %s", ErrLockLost, l.key, key, resp.Errors[0].What)
 	case !ok:

@@ -72,7 +72,7 @@ func sessionsNamed(t testing.TB, c *api.Client, key string) int {
 	}
 	n := 0
 	for _, s := range all {
-		if s.Name == "consullock: "+key {
+		if strings.HasPrefix(s.Name, "consullock: "+key+" ") {
 			n++
 		}
 	}

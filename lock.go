@@ -15,31 +15,33 @@ import (
 // offers, with the same key layout and value, so Go and Python holders of
 // one key exclude each other.
 //
-// Each lock has a Consul session of its own whose TTL is the lock's maximum
-// lifespan (Config.LockTimeout) and whose invalidation deletes the key. While
-// the lock is held, no other session can hold its key; that guarantee lasts
-// until Release, or until Consul invalidates the session once LockTimeout has
-// passed (at any time up to twice LockTimeout), whichever comes first.
-// A holder that may run longer must not rely on the lock past LockTimeout.
+// Each lock has a Consul session of its own whose invalidation deletes the
+// key. While the lock is held, no other session can hold its key. By default
+// the session's TTL is the lock's maximum lifespan (Config.LockTimeout): the
+// guarantee lasts until Release, or until Consul invalidates the session once
+// LockTimeout has passed (at any time up to twice LockTimeout), whichever
+// comes first, and Lost tells the holder before Consul could give the key to
+// anyone else. With Config.Renew the session is renewed while the lock is
+// held, and LockTimeout only bounds how long a holder that died keeps it.
 //
 // The methods are safe for concurrent use. Release from another goroutine
 // cancels an Acquire in progress.
 type EphemeralLock struct {
-	cfg Config
-	key string
+	cfg  Config
+	key  string
+	conn conn
+	lost chan struct{} // closed when the hold ends; see Lost
 
 	mu       sync.Mutex
 	state    lockState
-	session  string             // set while held
-	token    uint64             // set while held
 	cancel   context.CancelFunc // cancels an Acquire in progress
 	acquired chan struct{}      // closed when an Acquire in progress returns
 	holder   string             // who kept the key through a failed acquire
-
-	lost      chan struct{}           // closed when the hold ends; see Lost
-	lostErr   error                   // why the hold was lost, if it was
-	stopWatch context.CancelFunc      // ends the watch of the hold
-	onLost    context.CancelCauseFunc // cancels Hold's context on a loss
+	hold     hold               // the current hold, while held
+	lostErr  error              // why the hold was lost, if it was
+	stop     context.CancelFunc // ends the goroutines that watch and renew the hold
+	expiry   *time.Timer        // fires at the hold's local deadline
+	onLost   context.CancelCauseFunc
 }
 
 type lockState int
@@ -50,6 +52,13 @@ const (
 	stateHeld
 	stateDone // released, or an acquire that failed: single use either way
 )
+
+// hold is one acquisition of a lock.
+type hold struct {
+	session string
+	token   uint64
+	expires time.Time // the local deadline: Consul may free the key from then on
+}
 
 // NewEphemeralLock builds a lock on the key that Defaults.KeyPattern (or
 // WithKeyPattern) makes of name. It validates every setting and talks to no
@@ -69,36 +78,38 @@ func NewEphemeralLock(name string, opts ...Option) (*EphemeralLock, error) {
 	if cfg.Value == nil {
 		cfg.Value = DefaultValue
 	}
-	return &EphemeralLock{cfg: cfg, key: key, lost: make(chan struct{})}, nil
+	return &EphemeralLock{cfg: cfg, key: key, conn: conn{cfg.Client, cfg.Token}, lost: make(chan struct{})}, nil
 }
 
 // Key returns the Consul key of the lock.
 func (l *EphemeralLock) Key() string { return l.key }
 
-// Session returns the ID of the Consul session holding the lock, or "" when
-// the lock is not held.
+// Session returns the ID of the Consul session of the hold, from Acquire
+// until Release, and "" otherwise.
 func (l *EphemeralLock) Session() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.session
+	return l.hold.session
 }
 
 // Token returns the fencing token of the hold, from Acquire until Release
-// (also after a loss), and 0 otherwise: the Consul index of the write that took the key. Tokens of
-// successive holders of one key strictly increase, also across deletions of
-// the key, because Consul's index only grows. A resource that remembers the
-// highest token it has seen and refuses smaller ones is safe from a holder
-// that lost the lock without noticing (see Config.LockTimeout).
+// (also after a loss), and 0 otherwise: the Consul index of the write that
+// took the key. Tokens of successive holders of one key strictly increase,
+// also across deletions of the key, because Consul's index only grows. A
+// resource that remembers the highest token it has seen and refuses smaller
+// ones is safe from a holder that lost the lock without noticing.
 func (l *EphemeralLock) Token() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.token
+	return l.hold.token
 }
 
 // Acquire takes the lock, waiting up to the acquire timeout for another
 // holder to release it. It fails hard: when the lock stays taken for the whole
-// timeout the error wraps ErrNotAcquired. A lock is single use: any call after
-// the first returns ErrAlreadyUsed. When ctx ends first, Acquire returns
+// timeout the error wraps ErrNotAcquired. Failures that pass (a Consul leader
+// election, a dropped connection, an overloaded server) are retried with
+// jittered backoff within the acquire timeout. A lock is single use: any call
+// after the first returns ErrAlreadyUsed. When ctx ends first, Acquire returns
 // promptly with ctx's error. Whenever it returns an error, nothing of the
 // attempt is left in Consul.
 func (l *EphemeralLock) Acquire(ctx context.Context) error {
@@ -118,18 +129,18 @@ func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	h, err := l.contend(ctx)
-	acquired := h.token != 0
 	l.end(ctx, h)
 	if err != nil {
 		return false, fmt.Errorf("consullock: acquire %q: %w", l.key, err)
 	}
-	return acquired, nil
+	return h.token != 0, nil
 }
 
-// Release gives the lock back: its key is deleted, and only if this lock's
-// session still holds it, then the session is destroyed. It is idempotent,
-// and does nothing on a lock never acquired. A failed Release may be retried;
-// if it is not, Consul frees the key when the session's TTL runs out.
+// Release gives the lock back: it stops renewing the session, deletes the
+// key only if this lock's session still holds it, and destroys the session.
+// It is idempotent, and does nothing on a lock never acquired. A failed
+// Release may be retried; if it is not, Consul frees the key when the
+// session's TTL runs out.
 func (l *EphemeralLock) Release(ctx context.Context) error {
 	l.mu.Lock()
 	if l.state == stateAcquiring {
@@ -140,16 +151,15 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 		l.mu.Lock()
 	}
 	defer l.mu.Unlock()
+	l.endHold()
 	if l.state != stateHeld {
 		l.state = stateDone
-		l.endHold()
 		return nil
 	}
-	if err := l.giveBack(ctx, l.session); err != nil {
+	if err := l.giveBack(ctx, l.hold.session); err != nil {
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
-	l.state, l.session, l.token = stateDone, "", 0
-	l.endHold()
+	l.state, l.hold = stateDone, hold{}
 	return nil
 }
 
@@ -203,37 +213,32 @@ func (l *EphemeralLock) end(ctx context.Context, h hold) {
 		l.endHold()
 		return
 	}
-	l.state, l.session, l.token = stateHeld, h.session, h.token
-	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	l.stopWatch = stop
-	go l.watch(wctx, h)
+	l.state, l.hold = stateHeld, h
+	l.startWatch(ctx, h)
 }
 
 // contend creates the lock's session and takes the key with it, waiting on
-// blocking queries while another session holds it. It returns the fencing
-// token of the hold, or 0 when the lock was not acquired, in which case it
-// has destroyed the session again.
+// blocking queries while another session holds it. It returns the hold, whose
+// token is 0 when the lock was not acquired; then it has destroyed the
+// session again.
 func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
+	deadline := deadlineAfter(l.cfg.AcquireTimeout)
 	sent := time.Now()
-	h.expires = holdExpiry(sent, l.cfg.LockTimeout)
-	h.session, err = createSession(ctx, l.cfg.Client, sessionSpec{
-		name:      "consullock: " + l.key,
-		ttl:       l.cfg.LockTimeout,
-		lockDelay: l.cfg.LockDelay,
-	})
+	h.session, err = createSession(ctx, l.conn, sessionSpec{l.key, l.cfg.LockTimeout, l.cfg.LockDelay}, deadline)
 	if err != nil {
 		return hold{}, err
 	}
+	h.expires = holdExpiry(sent, l.cfg.LockTimeout)
 	defer func() {
 		if h.token == 0 {
 			cctx, cancel := detached(ctx)
 			defer cancel()
-			err = errors.Join(err, destroySession(cctx, l.cfg.Client, h.session))
+			err = errors.Join(err, destroySession(cctx, l.conn, h.session))
 		}
 	}()
-	w := &keyWatch{kv: l.cfg.Client.KV(), key: l.key, deadline: deadlineAfter(l.cfg.AcquireTimeout)}
+	w := &keyWatch{conn: l.conn, key: l.key, deadline: deadline}
 	for {
-		if h.token, err = takeKey(ctx, l.cfg.Client, l.key, l.cfg.Value(), h.session); h.token != 0 || err != nil {
+		if h.token, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline); h.token != 0 || err != nil {
 			return h, err
 		}
 		switch err = w.untilFree(ctx); {
@@ -252,18 +257,12 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 // next holder. Without one, destroying the session deletes the key in the same
 // consensus write.
 func (l *EphemeralLock) giveBack(ctx context.Context, session string) error {
-	c := l.cfg.Client
 	if l.cfg.LockDelay > 0 {
-		ops := api.KVTxnOps{
-			{Verb: api.KVCheckSession, Key: l.key, Session: session},
-			{Verb: api.KVDelete, Key: l.key},
-		}
-		// A failed check means the key is no longer ours: nothing to delete.
-		if _, _, _, err := c.KV().Txn(ops, queryOpts(ctx, api.QueryOptions{})); err != nil {
-			return fmt.Errorf("delete key: %w", err)
+		if err := deleteIfHeld(ctx, l.conn, l.key, session); err != nil {
+			return err
 		}
 	}
-	return destroySession(ctx, c, session)
+	return destroySession(ctx, l.conn, session)
 }
 
 // recordHolder notes who kept the key, for ErrNotAcquired's message.

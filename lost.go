@@ -11,39 +11,40 @@ import (
 // Watching a held lock: the holder learns of a loss from a consistent
 // blocking query on its key, or, when Consul cannot tell it, from a local
 // deadline that passes before Consul could give the key to anyone else.
+// With renewal, each renewal Consul confirms moves that deadline on.
 
-// maxLifespanMargin is how much earlier than Consul could the holder gives
-// up at its local deadline, for clocks that run at slightly different rates.
+// maxLifespanMargin is how much earlier than Consul could, at most, the
+// holder gives up at its local deadline, for clocks that run at slightly
+// different rates.
 const maxLifespanMargin = time.Second
 
-// Bounds of the pause before a failed watch query is retried.
-const (
-	minWatchRetry = 10 * time.Millisecond
-	maxWatchRetry = time.Second
-)
-
-// hold is one acquisition of a lock.
-type hold struct {
-	session string
-	token   uint64
-	expires time.Time // the local deadline: Consul may free the key from then on
-}
-
-// holdExpiry is when a hold whose session creation was sent at sent stops
-// being guaranteed: Consul starts the session's TTL no earlier than that.
+// holdExpiry is when a hold whose session was created or last renewed by a
+// request sent at sent stops being guaranteed: Consul restarts the session's
+// TTL no earlier than that.
 func holdExpiry(sent time.Time, ttl time.Duration) time.Time {
 	return sent.Add(ttl - min(maxLifespanMargin, ttl/10))
 }
 
-// watch runs while h is held, until ctx ends, and reports a loss to l.
-func (l *EphemeralLock) watch(ctx context.Context, h hold) {
-	expiry := time.AfterFunc(time.Until(h.expires), func() {
-		l.lose(h, fmt.Sprintf("its maximum lifespan (LockTimeout %v) passed", l.cfg.LockTimeout))
+// startWatch starts the goroutines that watch and renew h. l.mu is held.
+func (l *EphemeralLock) startWatch(ctx context.Context, h hold) {
+	ctx, l.stop = context.WithCancel(context.WithoutCancel(ctx))
+	l.expiry = time.AfterFunc(time.Until(h.expires), func() {
+		l.lose(h, fmt.Sprintf("its session's TTL (LockTimeout %v) ran out unconfirmed", l.cfg.LockTimeout))
 	})
-	defer expiry.Stop()
-	index, retry := h.token, time.Duration(0)
+	go l.watch(ctx, h)
+	if l.cfg.Renew {
+		go l.renew(ctx, h)
+	}
+}
+
+// watch follows the key with consistent blocking queries until ctx ends,
+// and reports a loss when the key is gone or another session holds it.
+// Errors are retried: the local deadline bounds how long silence is trusted.
+func (l *EphemeralLock) watch(ctx context.Context, h hold) {
+	index := h.token
+	var b backoff
 	for {
-		pair, meta, err := l.cfg.Client.KV().Get(l.key, queryOpts(ctx, api.QueryOptions{
+		pair, meta, err := l.conn.c.KV().Get(l.key, l.conn.query(ctx, api.QueryOptions{
 			WaitIndex:         index,
 			RequireConsistent: true,
 		}))
@@ -51,10 +52,7 @@ func (l *EphemeralLock) watch(ctx context.Context, h hold) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			// Consul unreachable or electing a leader: keep asking; the
-			// local deadline bounds how long silence is trusted.
-			retry = min(max(2*retry, minWatchRetry), maxWatchRetry)
-			if sleep(ctx, retry) != nil {
+			if _, err := b.wait(ctx, time.Now().Add(2*maxBackoff)); err != nil {
 				return
 			}
 			continue
@@ -65,15 +63,46 @@ func (l *EphemeralLock) watch(ctx context.Context, h hold) {
 			l.lose(h, "its key is held by session "+pair.Session)
 			return
 		}
-		index, retry = nextIndex(index, meta.LastIndex), 0
+		index, b = nextIndex(index, meta.LastIndex), backoff{}
 	}
 }
 
-// lose records that h was lost, once, while it is still the lock's hold.
+// renew renews h's session every half TTL until ctx ends, retrying failures
+// until the local deadline, and moves the deadline on with each renewal.
+func (l *EphemeralLock) renew(ctx context.Context, h hold) {
+	ttl := l.cfg.LockTimeout
+	for sleep(ctx, ttl/2) == nil {
+		sent := time.Now()
+		switch err := renewSession(ctx, l.conn, h.session, h.expires); {
+		case ctx.Err() != nil:
+			return
+		case err == errSessionGone:
+			l.lose(h, "Consul invalidated its session")
+			return
+		case err != nil:
+			return // the expiry timer reports the loss at the deadline
+		}
+		h.expires = holdExpiry(sent, ttl)
+		l.extend(h)
+	}
+}
+
+// extend moves the local deadline of the current hold to h.expires.
+func (l *EphemeralLock) extend(h hold) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state == stateHeld && l.hold.session == h.session && l.lostErr == nil {
+		l.hold.expires = h.expires
+		l.expiry.Reset(time.Until(h.expires))
+	}
+}
+
+// lose records that h was lost, once, while it is still the lock's hold,
+// and stops everything that watched or renewed it.
 func (l *EphemeralLock) lose(h hold, reason string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.state != stateHeld || l.session != h.session || l.lostErr != nil {
+	if l.state != stateHeld || l.hold.session != h.session || l.lostErr != nil {
 		return
 	}
 	l.lostErr = fmt.Errorf("%w: %q (session %s, token %d): %s", ErrLockLost, l.key, h.session, h.token, reason)
@@ -83,10 +112,12 @@ func (l *EphemeralLock) lose(h hold, reason string) {
 	}
 }
 
-// endHold stops the watch and closes Lost's channel, once. l.mu is held.
+// endHold stops watching and renewing and closes Lost's channel, once.
+// l.mu is held.
 func (l *EphemeralLock) endHold() {
-	if l.stopWatch != nil {
-		l.stopWatch()
+	if l.stop != nil {
+		l.stop()
+		l.expiry.Stop()
 	}
 	select {
 	case <-l.lost:
@@ -98,9 +129,10 @@ func (l *EphemeralLock) endHold() {
 // Lost returns a channel that is closed when the lock is no longer held:
 // lost, released, or not acquired. A loss is noticed within about a second of
 // Consul deleting the key or giving it to another session, and at the latest
-// at the lock's maximum lifespan (LockTimeout, less up to a second for clock
-// rates), before Consul could give the key to anyone else. Err tells a loss
-// from a release.
+// at the local deadline: LockTimeout (less up to a second for clock rates)
+// after the session was created or last renewed, before Consul could give the
+// key to anyone else. Err tells a loss from a release. After a loss nothing
+// renews the session any more.
 func (l *EphemeralLock) Lost() <-chan struct{} { return l.lost }
 
 // Err returns why the lock was lost, an error wrapping ErrLockLost, or nil

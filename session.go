@@ -2,6 +2,9 @@ package consullock
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -9,45 +12,105 @@ import (
 )
 
 // cleanupTimeout bounds the calls that give a session back after the caller's
-// context ended: they must still run, but not forever.
+// context ended, or while Consul is failing: they must run, but not forever.
 const cleanupTimeout = 10 * time.Second
+
+// errSessionGone reports that Consul no longer knows a session.
+var errSessionGone = errors.New("session invalidated")
 
 // sessionSpec is what a lock asks of its Consul session.
 type sessionSpec struct {
-	name      string
+	key       string
 	ttl       time.Duration
 	lockDelay time.Duration
 }
 
 // createSession creates a session whose invalidation deletes the keys it
-// holds, as python-consul-lock's sessions do.
+// holds, as python-consul-lock's sessions do, retrying transient failures
+// until deadline.
 //
-// It writes the request itself because api.Session.Create drops a zero
-// LockDelay, and Consul then applies its default of 15 s.
-func createSession(ctx context.Context, c *api.Client, spec sessionSpec) (string, error) {
+// A create whose answer was lost may still have created a session. Each
+// session is named with a random suffix, so that such strays can be found and
+// destroyed at once rather than left to their TTL.
+func createSession(ctx context.Context, c conn, spec sessionSpec, deadline time.Time) (string, error) {
+	name := "consullock: " + spec.key + " " + nonce()
+	var id string
+	failed := false
+	err := retry(ctx, deadline, func() error {
+		var err error
+		id, err = createSessionOnce(ctx, c, name, spec)
+		failed = failed || transient(err)
+		return err
+	})
+	if failed {
+		destroyStrays(ctx, c, name, id)
+	}
+	if err != nil {
+		return "", fmt.Errorf("create session: %w", explain(err))
+	}
+	return id, nil
+}
+
+// createSessionOnce writes the request itself because api.Session.Create
+// drops a zero LockDelay, and Consul then applies its default of 15 s.
+func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpec) (string, error) {
 	body := map[string]any{
-		"Name":      spec.name,
+		"Name":      name,
 		"TTL":       spec.ttl.String(),
 		"LockDelay": spec.lockDelay.String(),
 		"Behavior":  api.SessionBehaviorDelete,
 	}
 	var out struct{ ID string }
-	if _, err := c.Raw().Write("/v1/session/create", body, &out, writeOpts(ctx)); err != nil {
-		return "", fmt.Errorf("create session: %w", err)
+	if _, err := c.c.Raw().Write("/v1/session/create", body, &out, c.write(ctx)); err != nil {
+		return "", err
 	}
 	if out.ID == "" {
-		return "", fmt.Errorf("create session: Consul returned no session ID")
+		return "", errors.New("Consul returned no session ID")
 	}
 	return out.ID, nil
 }
 
-// destroySession invalidates the session, which deletes every key it holds.
+// destroyStrays destroys the sessions named name other than keep: creates
+// that succeeded although their caller saw them fail. Best effort: a stray
+// it cannot destroy holds no key and expires with its TTL.
+func destroyStrays(ctx context.Context, c conn, name, keep string) {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	all, _, err := c.c.Session().List(c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+	if err != nil {
+		return
+	}
+	for _, s := range all {
+		if s.Name == name && s.ID != keep {
+			destroySession(ctx, c, s.ID)
+		}
+	}
+}
+
+// destroySession invalidates the session, which deletes every key it holds,
+// retrying transient failures while ctx and cleanupTimeout allow.
 // Destroying a session that no longer exists succeeds.
-func destroySession(ctx context.Context, c *api.Client, id string) error {
-	if _, err := c.Session().Destroy(id, writeOpts(ctx)); err != nil {
-		return fmt.Errorf("destroy session %s: %w", id, err)
+func destroySession(ctx context.Context, c conn, id string) error {
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+		_, err := c.c.Session().Destroy(id, c.write(ctx))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("destroy session %s: %w", id, explain(err))
 	}
 	return nil
+}
+
+// renewSession renews the session once, retrying transient failures until
+// deadline. It returns errSessionGone when Consul no longer knows it.
+func renewSession(ctx context.Context, c conn, id string, deadline time.Time) error {
+	return retry(ctx, deadline, func() error {
+		entry, _, err := c.c.Session().Renew(id, c.write(ctx))
+		if err == nil && entry == nil {
+			return errSessionGone
+		}
+		return err
+	})
 }
 
 // detached returns a context that outlives ctx's cancellation by at most
@@ -56,10 +119,8 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 }
 
-func writeOpts(ctx context.Context) *api.WriteOptions {
-	return (&api.WriteOptions{}).WithContext(ctx)
-}
-
-func queryOpts(ctx context.Context, q api.QueryOptions) *api.QueryOptions {
-	return q.WithContext(ctx)
+func nonce() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

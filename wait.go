@@ -18,9 +18,10 @@ const (
 // keyWatch waits for a held key to be freed, on Consul blocking queries
 // rather than by polling, until a deadline.
 type keyWatch struct {
-	kv       *api.KV
+	conn     conn
 	key      string
 	deadline time.Time
+	retry    backoff // between queries that failed for a passing reason
 
 	index   uint64      // Consul index of the last answer; 0 asks without blocking
 	holder  *api.KVPair // the key as last seen held, for error messages
@@ -41,9 +42,18 @@ func (w *keyWatch) untilFree(ctx context.Context) error {
 	}
 	for {
 		pair, err := w.next(ctx)
+		if transient(err) {
+			if ok, serr := w.retry.wait(ctx, w.deadline); serr != nil {
+				return serr
+			} else if !ok {
+				return errDeadline
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
+		w.retry = backoff{}
 		if pair == nil || pair.Session == "" {
 			return w.free(ctx)
 		}
@@ -73,7 +83,7 @@ func (w *keyWatch) next(ctx context.Context) (*api.KVPair, error) {
 	}
 	qctx, cancel := context.WithDeadline(ctx, w.deadline)
 	defer cancel()
-	pair, meta, err := w.kv.Get(w.key, queryOpts(qctx, api.QueryOptions{
+	pair, meta, err := w.conn.c.KV().Get(w.key, w.conn.query(qctx, api.QueryOptions{
 		WaitIndex: w.index,
 		WaitTime:  left - left/16,
 	}))
@@ -83,7 +93,7 @@ func (w *keyWatch) next(ctx context.Context) (*api.KVPair, error) {
 	case qctx.Err() != nil:
 		return nil, errDeadline
 	case err != nil:
-		return nil, err
+		return nil, explain(err)
 	}
 	w.index = nextIndex(w.index, meta.LastIndex)
 	return pair, nil
