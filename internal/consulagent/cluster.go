@@ -55,7 +55,9 @@ func StartCluster(ctx context.Context, bin, dir string, n int) (*Cluster, error)
 	return c, nil
 }
 
-// Leader returns the server that is the Raft leader now, as its peers see it.
+// Leader returns the running server that a running server reports as the
+// Raft leader: a killed leader is not returned, even while its followers
+// have not yet noticed.
 func (c *Cluster) Leader(ctx context.Context) (*Agent, error) {
 	for _, a := range c.Servers {
 		if !a.Running() {
@@ -71,7 +73,7 @@ func (c *Cluster) Leader(ctx context.Context) (*Agent, error) {
 			continue
 		}
 		for _, s := range c.Servers {
-			if addr == fmt.Sprintf("127.0.0.1:%d", s.Ports.Server) {
+			if addr == fmt.Sprintf("127.0.0.1:%d", s.Ports.Server) && s.Running() {
 				return s, nil
 			}
 		}
