@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -27,8 +28,12 @@ func (c conn) query(ctx context.Context, q api.QueryOptions) *api.QueryOptions {
 // keeping Consul's words, which name the permission that is missing.
 func explain(err error) error {
 	var status api.StatusError
-	if errors.As(err, &status) && status.Code == 403 {
+	switch {
+	case errors.As(err, &status) && status.Code == 403:
 		return fmt.Errorf("%w: %s", ErrPermissionDenied, status.Body)
+	case err != nil && (strings.Contains(err.Error(), "Permission denied") || strings.Contains(err.Error(), "ACL not found")):
+		// Transactions report a refusal inside their results, without a code.
+		return fmt.Errorf("%w: %w", ErrPermissionDenied, err)
 	}
 	return err
 }

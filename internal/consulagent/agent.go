@@ -34,8 +34,20 @@ type Options struct {
 	BootstrapExpect int
 	Join            []string // serf LAN addresses of the other servers
 
-	// Extra is merged into the agent's JSON configuration (ACLs, TLS).
+	// Extra is merged into the agent's JSON configuration.
 	Extra map[string]any
+
+	// ACLToken, when set, turns ACLs on with default deny and makes this
+	// token the management token and the agent's own; Client uses it.
+	ACLToken string
+
+	// TLS, when set, serves the HTTP API over HTTPS only, with these files.
+	TLS *TLSFiles
+}
+
+// TLSFiles are the PEM files of an HTTPS-only agent.
+type TLSFiles struct {
+	CA, Cert, Key string
 }
 
 // Ports are an agent's listeners; the ones it does not need are disabled,
@@ -85,7 +97,7 @@ func Start(ctx context.Context, opts Options) (*Agent, error) {
 	return nil, lastErr
 }
 
-// HTTPAddr is the agent's HTTP API address, host:port.
+// HTTPAddr is the agent's HTTP API address, host:port (HTTPS with TLS).
 func (a *Agent) HTTPAddr() string { return "127.0.0.1:" + strconv.Itoa(a.Ports.HTTP) }
 
 // SerfLANAddr is the address other servers join.
@@ -103,7 +115,11 @@ func (a *Agent) Client() (*api.Client, func(), error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.HTTPAddr()
 	cfg.Scheme = "http"
-	cfg.Token = ""
+	cfg.Token = a.opts.ACLToken
+	if a.opts.TLS != nil {
+		cfg.Scheme = "https"
+		cfg.TLSConfig = api.TLSConfig{CAFile: a.opts.TLS.CA}
+	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -129,6 +145,19 @@ func (a *Agent) config() map[string]any {
 			"http": a.Ports.HTTP, "serf_lan": a.Ports.SerfLAN, "server": a.Ports.Server,
 			"https": -1, "dns": -1, "grpc": -1, "grpc_tls": -1, "serf_wan": -1,
 		},
+	}
+	if a.opts.ACLToken != "" {
+		cfg["acl"] = map[string]any{
+			"enabled": true, "default_policy": "deny", "down_policy": "extend-cache",
+			"tokens": map[string]any{"initial_management": a.opts.ACLToken, "agent": a.opts.ACLToken},
+		}
+	}
+	if t := a.opts.TLS; t != nil {
+		ports := cfg["ports"].(map[string]any)
+		ports["https"], ports["http"] = ports["http"], -1
+		cfg["tls"] = map[string]any{"https": map[string]any{
+			"ca_file": t.CA, "cert_file": t.Cert, "key_file": t.Key, "verify_incoming": false,
+		}}
 	}
 	if !a.opts.Dev {
 		cfg["data_dir"] = filepath.Join(a.opts.Dir, "data")

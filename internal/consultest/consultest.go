@@ -144,14 +144,19 @@ func client(tb testing.TB, a *consulagent.Agent) *api.Client {
 func ClientOf(tb testing.TB, a *consulagent.Agent) *api.Client { return client(tb, a) }
 
 // DevAgent starts a dev agent of the test's own, for tests that stop,
-// freeze or restart it; it is killed when the test ends.
-func DevAgent(tb testing.TB) *consulagent.Agent {
+// freeze or restart it, or that need ACLs or TLS (set by configure); it is
+// killed when the test ends.
+func DevAgent(tb testing.TB, configure ...func(*consulagent.Options)) *consulagent.Agent {
 	tb.Helper()
 	b, err := binary()
 	if err != nil {
 		tb.Fatalf("consultest: no Consul binary: %v", err)
 	}
-	a, err := consulagent.Start(context.Background(), consulagent.Options{Bin: b, Dir: tb.TempDir(), Name: "dev", Dev: true})
+	opts := consulagent.Options{Bin: b, Dir: tb.TempDir(), Name: "dev", Dev: true}
+	for _, c := range configure {
+		c(&opts)
+	}
+	a, err := consulagent.Start(context.Background(), opts)
 	if err != nil {
 		tb.Fatalf("consultest: cannot start a Consul dev agent: %v", err)
 	}
