@@ -32,16 +32,17 @@ type EphemeralLock struct {
 	conn conn
 	lost chan struct{} // closed when the hold ends; see Lost
 
-	mu       sync.Mutex
-	state    lockState
-	cancel   context.CancelFunc // cancels an Acquire in progress
-	acquired chan struct{}      // closed when an Acquire in progress returns
-	holder   string             // who kept the key through a failed acquire
-	hold     hold               // the current hold, while held
-	lostErr  error              // why the hold was lost, if it was
-	stop     context.CancelFunc // ends the goroutines that watch and renew the hold
-	expiry   *time.Timer        // fires at the hold's local deadline
-	onLost   context.CancelCauseFunc
+	mu        sync.Mutex
+	state     lockState
+	cancel    context.CancelFunc // cancels an Acquire in progress
+	acquired  chan struct{}      // closed when an Acquire in progress returns
+	holder    string             // who kept the key through a failed acquire
+	hold      hold               // the current hold, while held
+	lostErr   error              // why the hold was lost, if it was
+	stopWatch context.CancelFunc // ends the goroutine that watches the hold
+	stopRenew context.CancelFunc // ends the goroutine that renews the hold
+	expiry    *time.Timer        // fires at the hold's local deadline
+	onLost    context.CancelCauseFunc
 }
 
 type lockState int
@@ -151,14 +152,19 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 		l.mu.Lock()
 	}
 	defer l.mu.Unlock()
-	l.endHold()
 	if l.state != stateHeld {
 		l.state = stateDone
+		l.endHold(true)
 		return nil
 	}
+	l.stopRenew()
 	if err := l.giveBack(ctx, l.hold.session); err != nil {
+		l.endHold(true)
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
+	// The watch sees the key deleted and ends by itself: cancelling its
+	// blocking query would cost its connection.
+	l.endHold(false)
 	l.state, l.hold = stateDone, hold{}
 	return nil
 }
@@ -210,7 +216,7 @@ func (l *EphemeralLock) end(ctx context.Context, h hold) {
 	close(l.acquired)
 	if h.token == 0 {
 		l.state = stateDone
-		l.endHold()
+		l.endHold(true)
 		return
 	}
 	l.state, l.hold = stateHeld, h

@@ -27,13 +27,16 @@ func holdExpiry(sent time.Time, ttl time.Duration) time.Time {
 
 // startWatch starts the goroutines that watch and renew h. l.mu is held.
 func (l *EphemeralLock) startWatch(ctx context.Context, h hold) {
-	ctx, l.stop = context.WithCancel(context.WithoutCancel(ctx))
+	ctx = context.WithoutCancel(ctx)
 	l.expiry = time.AfterFunc(time.Until(h.expires), func() {
 		l.lose(h, fmt.Sprintf("its session's TTL (LockTimeout %v) ran out unconfirmed", l.cfg.LockTimeout))
 	})
-	go l.watch(ctx, h)
+	var watchCtx, renewCtx context.Context
+	watchCtx, l.stopWatch = context.WithCancel(ctx)
+	renewCtx, l.stopRenew = context.WithCancel(ctx)
+	go l.watch(watchCtx, h)
 	if l.cfg.Renew {
-		go l.renew(ctx, h)
+		go l.renew(renewCtx, h)
 	}
 }
 
@@ -106,18 +109,21 @@ func (l *EphemeralLock) lose(h hold, reason string) {
 		return
 	}
 	l.lostErr = fmt.Errorf("%w: %q (session %s, token %d): %s", ErrLockLost, l.key, h.session, h.token, reason)
-	l.endHold()
+	l.endHold(true)
 	if l.onLost != nil {
 		l.onLost(l.lostErr)
 	}
 }
 
-// endHold stops watching and renewing and closes Lost's channel, once.
-// l.mu is held.
-func (l *EphemeralLock) endHold() {
-	if l.stop != nil {
-		l.stop()
+// endHold stops renewing, and watching too when stopWatch is set, and
+// closes Lost's channel, once. l.mu is held.
+func (l *EphemeralLock) endHold(stopWatch bool) {
+	if l.expiry != nil {
 		l.expiry.Stop()
+		l.stopRenew()
+		if stopWatch {
+			l.stopWatch()
+		}
 	}
 	select {
 	case <-l.lost:

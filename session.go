@@ -39,7 +39,9 @@ func createSession(ctx context.Context, c conn, spec sessionSpec, deadline time.
 	err := retry(ctx, deadline, func() error {
 		var err error
 		id, err = createSessionOnce(ctx, c, name, spec)
-		failed = failed || transient(err)
+		// A request that was cut off, by the network or by ctx, may have
+		// created a session all the same.
+		failed = failed || transient(err) || (err != nil && ctx.Err() != nil)
 		return err
 	})
 	if failed {
@@ -76,7 +78,11 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 func destroyStrays(ctx context.Context, c conn, name, keep string) {
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	all, _, err := c.c.Session().List(c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+	var all []*api.SessionEntry
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
+		all, _, err = c.c.Session().List(c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+		return err
+	})
 	if err != nil {
 		return
 	}
