@@ -29,12 +29,31 @@
 //
 // # Guarantees and assumptions
 //
-// While a lock is held, Consul lets no other session take its key, until
-// Release or until Consul invalidates the session: that happens after
-// LockTimeout and no later than twice LockTimeout, and the holder is not told
-// (a lost-lock notification is planned). A holder must therefore finish its
-// work within LockTimeout. The guarantee rests on Consul's own: the servers
-// keep a Raft quorum, and sessions are checked against the agent's serfHealth.
+// While a lock is held, Consul lets no other session take its key. The
+// guarantee assumes what Consul's own does: a Raft quorum of servers, and
+// agents whose serfHealth check reflects whether they are alive.
+//
+//   - Maximum lifespan: by default the session's TTL is LockTimeout and is
+//     never renewed. Consul invalidates the session, which deletes the key, no
+//     earlier than LockTimeout after the acquire and, in practice, by twice
+//     LockTimeout. With WithRenewal the session is renewed every half TTL and
+//     the lock lasts until Release; LockTimeout then bounds how long a dead
+//     holder keeps it.
+//   - Lost-lock notification: Lost and Hold's context tell the holder when the
+//     key was deleted or taken over (within about a second), and at the latest
+//     at a local deadline, LockTimeout (less up to a second for clock rates)
+//     after the session was created or last renewed, before Consul could give
+//     the key to anyone else. This assumes the holder's clock does not run
+//     slower than the servers' by more than that margin, and that the holder
+//     is not paused (GC, SIGSTOP) between its check and its action: fencing
+//     tokens close that last gap.
+//   - Fencing: Token strictly increases across successive holders of a key.
+//     PutFenced and CheckOp make Consul writes conditional on still holding
+//     the lock; any other resource can refuse tokens lower than the highest
+//     it has seen.
+//   - Passing failures (leader elections, HTTP 500 and 429, refused and reset
+//     connections) are retried with jittered backoff: during an acquire within
+//     its timeout, during a hold within the local deadline.
 //
 // Keys and values are those of python-consul-lock (locks/ephemeral/NAME, a
 // JSON value with "locked_at"), so Go and Python holders of one key exclude

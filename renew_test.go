@@ -6,17 +6,42 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/faultproxy"
 )
 
+// faultyClient returns a client that reaches the shared agent through a
+// fault proxy.
+func faultyClient(t *testing.T) (*api.Client, *faultproxy.Proxy) {
+	t.Helper()
+	proxy, err := faultproxy.Start(consultest.Shared(t).HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = proxy.Addr()
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	return c, proxy
+}
+
 // With renewal, a lock outlives twice its LockTimeout, after which Consul
-// would have freed an unrenewed one.
+// would have freed an unrenewed one, although half the requests of the
+// renewals and of the watch fail on the way.
 func TestRenewalKeepsTheLockPastItsTTL(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
+	faulty, proxy := faultyClient(t)
 	const ttl = consullock.MinLockTimeout
-	l := mustAcquire(t, c, lockName(t, "k"), consullock.WithLockTimeout(ttl), consullock.WithRenewal())
+	l := mustAcquire(t, faulty, lockName(t, "k"), consullock.WithLockTimeout(ttl), consullock.WithRenewal())
+	proxy.SetFaults(0.5, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
 	select {
 	case <-l.Lost():
 		t.Fatalf("renewed lock lost: %v", l.Err())
@@ -25,6 +50,28 @@ func TestRenewalKeepsTheLockPastItsTTL(t *testing.T) {
 	if s := holderSession(t, c, l.Key()); s != l.Session() {
 		t.Fatalf("after %v the key is held by %q, want the renewed session", 2*ttl+3*time.Second, s)
 	}
+	proxy.SetFaults(0)
+	t.Logf("requests through the proxy: %v", proxy.Counts())
+}
+
+// A holder cut off from Consul learns of the loss at its local deadline,
+// while Consul still has the key: before anyone else could take it.
+func TestLostWhenCutOffBeforeConsulFreesTheKey(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	faulty, proxy := faultyClient(t)
+	const ttl = consullock.MinLockTimeout
+	l := mustAcquire(t, faulty, lockName(t, "k"), consullock.WithLockTimeout(ttl), consullock.WithRenewal())
+	proxy.SetFaults(1, faultproxy.ResetBefore)
+	took := lostWithin(t, l, 2*ttl)
+	if s := holderSession(t, c, l.Key()); s != l.Session() {
+		t.Fatalf("when the loss was reported the key was held by %q: Consul had already freed it", s)
+	}
+	if !errors.Is(l.Err(), consullock.ErrLockLost) {
+		t.Fatalf("Err() = %v, want ErrLockLost", l.Err())
+	}
+	t.Logf("cut off from Consul after the acquire; loss reported %v later, with the key still the holder's in Consul: %v", took.Round(time.Millisecond), l.Err())
+	proxy.SetFaults(0)
 }
 
 // After a loss nothing renews the session: Consul invalidates it within
