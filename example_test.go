@@ -2,6 +2,7 @@ package consullock_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"time"
@@ -109,4 +110,50 @@ func ExampleEphemeralLock_TryAcquire() {
 		fmt.Println("someone else has the lock :\\ try again later")
 	}
 	// Output: someone else has the lock :\ try again later
+}
+
+// A resource outside Consul protects itself from a holder that lost the lock
+// without noticing (a long GC pause, a frozen VM) by remembering the highest
+// fencing token it has seen and refusing writes that carry a lower one.
+func ExampleEphemeralLock_Token() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	store := &fencedStore{}
+	ctx := context.Background()
+
+	first, _ := consullock.NewEphemeralLock("my/fenced/key", consullock.WithClient(client))
+	if err := first.Acquire(ctx); err != nil {
+		log.Fatal(err)
+	}
+	staleToken := first.Token()
+	first.Release(ctx) // as if the lock had been lost while its holder slept
+
+	second, _ := consullock.NewEphemeralLock("my/fenced/key", consullock.WithClient(client))
+	err = second.Hold(ctx, func(ctx context.Context) error {
+		return store.write(second.Token(), "written by the second holder")
+	})
+	fmt.Println("second holder:", err)
+	fmt.Println("first holder, waking up:", store.write(staleToken, "stale write"))
+	fmt.Println("stored:", store.value)
+	// Output:
+	// second holder: <nil>
+	// first holder, waking up: token too old: refused
+	// stored: written by the second holder
+}
+
+// fencedStore stands for any storage that can compare a token with the
+// highest it has stored, in the same atomic step as the write.
+type fencedStore struct {
+	highest uint64
+	value   string
+}
+
+func (s *fencedStore) write(token uint64, value string) error {
+	if token < s.highest {
+		return errors.New("token too old: refused")
+	}
+	s.highest, s.value = token, value
+	return nil
 }
