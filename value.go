@@ -30,3 +30,14 @@ func DefaultValue() []byte {
 	})
 	return b
 }
+
+// ParseHolder decodes a lock value written by consullock or by
+// python-consul-lock. Unknown fields are ignored; a value that is not a JSON
+// object is an error, and the caller should show it raw.
+func ParseHolder(value []byte) (Holder, error) {
+	var h Holder
+	if err := json.Unmarshal(value, &h); err != nil {
+		return Holder{}, err
+	}
+	return h, nil
+}

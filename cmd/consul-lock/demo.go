@@ -1,113 +1,144 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/consullock/consullock"
 )
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// demoSectionCommand is the hidden command that the demo's workers run
+// under the lock: it reports its turn and holds the lock for a while.
+const demoSectionCommand = "demo-section"
+
+func runDemo(ctx context.Context, args []string, s stdio) error {
 	fs := flag.NewFlagSet("consul-lock demo", flag.ContinueOnError)
-	workers := fs.Int("workers", 4, "`number` of workers contending for the lock")
+	workers := fs.Int("workers", 4, "`number` of worker processes contending for the lock")
 	rounds := fs.Int("rounds", 3, "critical sections each worker runs")
 	hold := fs.Duration("hold", 300*time.Millisecond, "how long each worker holds the lock")
-	key := fs.String("key", "consul-lock-demo", "lock name (key locks/ephemeral/NAME)")
+	key := fs.String("key", "consul-lock-demo", "lock KEY (Consul key locks/ephemeral/KEY)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: consul-lock demo [flags]\n\nWorkers contend for one lock and take turns; the timeline shows who held\nit, for how long, and how long each waited. Uses the agent at\nCONSUL_HTTP_ADDR when one answers there, else starts a dev agent of its own\n(building Consul on first use) and stops it at the end.\n\nFlags:\n")
+		fmt.Fprintf(s.errOut, "Usage: consul-lock demo [flags]\n\nWorker processes contend for one lock through `consul-lock exec` and take\nturns; the timeline shows each turn's fencing token and how long the worker\nwaited. Uses the agent at CONSUL_HTTP_ADDR when one answers there, else starts\na dev agent of its own (building Consul on first use) and stops it at the end.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, s.errOut, 0, 0); err != nil {
 		return err
 	}
 	if *workers < 1 || *rounds < 1 || *hold < 0 {
 		return usageError{errors.New("-workers and -rounds must be at least 1, -hold not negative")}
 	}
-	client, cleanup, err := demoClient(ctx, stderr)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	addr, cleanup, err := demoAgent(ctx, s.errOut)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
 
-	start := time.Now()
-	var mu sync.Mutex
-	say := func(format string, a ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		fmt.Fprintf(stdout, "%8.3fs  "+format+"\n", append([]any{time.Since(start).Seconds()}, a...)...)
-	}
-	say("%d workers contend for locks/ephemeral/%s, %d turns each", *workers, *key, *rounds)
+	t := &timeline{start: time.Now(), w: s.out}
+	t.say("%d worker processes contend for locks/ephemeral/%s, %d turns each", *workers, *key, *rounds)
 	var wg sync.WaitGroup
 	errc := make(chan error, *workers)
 	for w := 1; w <= *workers; w++ {
-		wg.Go(func() { errc <- demoWorker(ctx, client, w, *rounds, *key, *hold, say) })
+		wg.Go(func() {
+			for range *rounds {
+				if err := demoTurn(ctx, self, addr, *key, w, *hold, t); err != nil {
+					errc <- fmt.Errorf("worker %d: %w", w, err)
+					return
+				}
+			}
+		})
 	}
 	wg.Wait()
 	close(errc)
-	for err := range errc {
-		if err != nil {
-			return err
-		}
+	if err := <-errc; err != nil {
+		return err
 	}
-	say("done: %d critical sections, one at a time", *workers**rounds)
+	t.say("done: %d critical sections, one at a time, tokens increasing", *workers**rounds)
 	return nil
 }
 
-func demoWorker(ctx context.Context, c *api.Client, id, rounds int, key string, hold time.Duration, say func(string, ...any)) error {
-	for range rounds {
-		lock, err := consullock.NewEphemeralLock(key, consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute))
-		if err != nil {
-			return err
-		}
-		asked := time.Now()
-		err = lock.Hold(ctx, func(ctx context.Context) error {
-			say("worker %d  acquired after waiting %6.1fms  session %.8s", id, ms(time.Since(asked)), lock.Session())
-			t := time.NewTimer(hold)
-			defer t.Stop()
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			say("worker %d  releases", id)
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("worker %d: %w", id, err)
-		}
+// demoTurn runs one `consul-lock exec` process of a worker and copies its
+// output into the timeline.
+func demoTurn(ctx context.Context, self, addr, key string, worker int, hold time.Duration, t *timeline) error {
+	asked := strconv.FormatInt(time.Now().UnixNano(), 10)
+	cmd := exec.CommandContext(ctx, self, "exec", "-http-addr", addr, "-timeout", "1m", key, "--",
+		self, demoSectionCommand, strconv.Itoa(worker), asked, hold.String())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
 	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		t.say("%s", sc.Text())
+	}
+	return cmd.Wait()
+}
+
+// runDemoSection is the critical section of a demo worker: WORKER ASKED HOLD.
+func runDemoSection(ctx context.Context, args []string, s stdio) error {
+	if len(args) != 3 {
+		return usageError{errors.New(demoSectionCommand + " WORKER ASKED-UNIXNANO HOLD")}
+	}
+	asked, err1 := strconv.ParseInt(args[1], 10, 64)
+	hold, err2 := time.ParseDuration(args[2])
+	if err := errors.Join(err1, err2); err != nil {
+		return usageError{err}
+	}
+	waited := time.Since(time.Unix(0, asked))
+	fmt.Fprintf(s.out, "worker %s  acquired  token %-6s waited %7.1fms  session %.8s\n",
+		args[0], os.Getenv("CONSUL_LOCK_TOKEN"), float64(waited)/float64(time.Millisecond), os.Getenv("CONSUL_LOCK_SESSION"))
+	select {
+	case <-time.After(hold):
+	case <-ctx.Done():
+	}
+	fmt.Fprintf(s.out, "worker %s  releases\n", args[0])
 	return nil
 }
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+// timeline prints lines stamped with the time since the demo began.
+type timeline struct {
+	start time.Time
+	mu    sync.Mutex
+	w     io.Writer
+}
 
-// demoClient returns a client of the agent the environment names when it
+func (t *timeline) say(format string, a ...any) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fmt.Fprintf(t.w, "%8.3fs  "+format+"\n", append([]any{time.Since(t.start).Seconds()}, a...)...)
+}
+
+// demoAgent returns the address of the agent the environment names when it
 // answers, else of a dev agent started for the demo.
-func demoClient(ctx context.Context, stderr io.Writer) (*api.Client, func(), error) {
+func demoAgent(ctx context.Context, stderr io.Writer) (string, func(), error) {
 	cfg := api.DefaultConfig()
 	if c, err := api.NewClient(cfg); err == nil && answers(ctx, c) {
 		fmt.Fprintf(stderr, "using the Consul agent at %s\n", cfg.Address)
-		return c, func() {}, nil
+		return cfg.Address, func() {}, nil
 	}
 	fmt.Fprintf(stderr, "no Consul agent answers at %s: starting a dev agent\n", cfg.Address)
 	agent, cleanup, err := startDevAgent(ctx, stderr)
 	if err != nil {
-		return nil, nil, err
-	}
-	c, closeIdle, err := agent.Client()
-	if err != nil {
-		cleanup()
-		return nil, nil, err
+		return "", nil, err
 	}
 	fmt.Fprintf(stderr, "dev agent at %s\n", agent.HTTPAddr())
-	return c, func() { closeIdle(); cleanup() }, nil
+	return agent.HTTPAddr(), cleanup, nil
 }
 
 func answers(ctx context.Context, c *api.Client) bool {

@@ -10,12 +10,13 @@ import (
 	"github.com/consullock/consullock/internal/consulagent"
 )
 
-func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runDev(ctx context.Context, args []string, s stdio) error {
+	stdout, stderr := s.out, s.errOut
 	fs := flag.NewFlagSet("consul-lock dev", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: consul-lock dev\n\nStarts Consul v%s as an in-memory dev agent on loopback, on free ports\n(building it on first use), prints the line that points consul-lock and\nthe consul command at it, and runs until interrupted.\n\nExample:\n  consul-lock dev &\n  export CONSUL_HTTP_ADDR=127.0.0.1:PORT   # as printed\n", consulagent.Version)
 	}
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stderr, 0, 0); err != nil {
 		return err
 	}
 	agent, cleanup, err := startDevAgent(ctx, stderr)

@@ -31,10 +31,12 @@ var (
 // the run if the tests left a Consul session, a key or a goroutine behind.
 // Use it as the package's TestMain.
 func Main(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(Run(m))
 }
 
-func run(m *testing.M) int {
+// Run is Main that returns the exit code instead, for a TestMain with more
+// to do.
+func Run(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "consultest-")
 	if err != nil {
 		return fail("temp dir: %v", err)

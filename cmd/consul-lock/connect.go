@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// connFlags are the connection settings, read from the standard Consul
+// environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE,
+// CONSUL_HTTP_SSL, CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY,
+// CONSUL_NAMESPACE) as the consul command reads them, and overridden by the
+// flags of the same meaning.
+type connFlags struct {
+	addr, token, tokenFile, caFile, clientCert, clientKey, namespace string
+}
+
+func (c *connFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "http-addr", "", "Consul HTTP `address` (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&c.token, "token", "", "ACL `token` (default $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the ACL token (default $CONSUL_HTTP_TOKEN_FILE)")
+	fs.StringVar(&c.caFile, "ca-file", "", "CA `file` to verify Consul's certificate (default $CONSUL_CACERT)")
+	fs.StringVar(&c.clientCert, "client-cert", "", "client certificate `file` (default $CONSUL_CLIENT_CERT)")
+	fs.StringVar(&c.clientKey, "client-key", "", "client key `file` (default $CONSUL_CLIENT_KEY)")
+	fs.StringVar(&c.namespace, "namespace", "", "Consul Enterprise `namespace` (default $CONSUL_NAMESPACE)")
+}
+
+// client builds the Consul client and checks that the agent answers, so
+// that an unreachable agent is reported at once rather than retried.
+func (c *connFlags) client(ctx context.Context) (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Address, c.addr)
+	set(&cfg.Token, c.token)
+	set(&cfg.TokenFile, c.tokenFile)
+	set(&cfg.TLSConfig.CAFile, c.caFile)
+	set(&cfg.TLSConfig.CertFile, c.clientCert)
+	set(&cfg.TLSConfig.KeyFile, c.clientKey)
+	set(&cfg.Namespace, c.namespace)
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, unavailable(cfg, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
+	if err == nil && leader == "" {
+		err = errors.New("the agent knows no cluster leader")
+	}
+	if err != nil {
+		return nil, unavailable(cfg, err)
+	}
+	return client, nil
+}
+
+// unavailable is the one-line report for an agent that cannot be used.
+func unavailable(cfg *api.Config, err error) error {
+	scheme := cfg.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	return exitError{exitUnavailable, fmt.Sprintf(
+		"cannot use the Consul agent at %s://%s: %v (set CONSUL_HTTP_ADDR, or start a local agent with `consul-lock dev`)",
+		scheme, cfg.Address, err)}
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/consullock/consullock"
+)
+
+const execUsage = `Usage: consul-lock exec [flags] KEY -- COMMAND [ARG...]
+
+Waits for the lock KEY (Consul key locks/ephemeral/KEY), runs COMMAND while
+holding it, renewing the lock's session, and releases it when COMMAND exits.
+Exits with COMMAND's status, 128+N when it died of signal N.
+
+COMMAND gets CONSUL_LOCK_KEY, CONSUL_LOCK_SESSION and CONSUL_LOCK_TOKEN (the
+fencing token) in its environment and inherits stdin, stdout and stderr.
+SIGINT and SIGTERM are passed on to it. If the lock is lost while it runs,
+its process group gets SIGTERM at once and SIGKILL after -grace.
+
+Exit statuses besides COMMAND's:
+  64   usage error
+  69   Consul unreachable or refusing (ACL, TLS)
+  75   lock not acquired within -timeout (see -conflict-exit-code)
+  76   lock lost while COMMAND ran; COMMAND was stopped
+  124  -max-hold ran out; COMMAND was stopped
+  127  COMMAND could not be started
+
+Examples:
+  consul-lock exec nightly-report -- ./report.sh
+  consul-lock exec -try -conflict-exit-code 0 backup -- pg_dump mydb
+  consul-lock exec -timeout 30s -max-hold 1h migrate -- ./migrate up
+
+Flags:
+`
+
+type execFlags struct {
+	conn       connFlags
+	timeout    time.Duration
+	try        bool
+	ttl        time.Duration
+	maxHold    time.Duration
+	lockDelay  time.Duration
+	grace      time.Duration
+	conflict   int
+	keyPattern string
+}
+
+func runExec(ctx context.Context, args []string, s stdio) error {
+	var f execFlags
+	fs := flag.NewFlagSet("consul-lock exec", flag.ContinueOnError)
+	f.conn.register(fs)
+	fs.DurationVar(&f.timeout, "timeout", 0, "how long to wait for the lock; 0 waits forever")
+	fs.BoolVar(&f.try, "try", false, "one attempt: do not wait if the lock is held")
+	fs.DurationVar(&f.ttl, "ttl", 15*time.Second, "session TTL: how soon the lock of a dead consul-lock is freed (10s to 24h)")
+	fs.DurationVar(&f.maxHold, "max-hold", 0, "stop COMMAND and release the lock after this long; 0 for no limit")
+	fs.DurationVar(&f.lockDelay, "lock-delay", 0, "how long Consul keeps the key from others after this holder's session is invalidated (0 to 60s)")
+	fs.DurationVar(&f.grace, "grace", 5*time.Second, "time between SIGTERM and SIGKILL when COMMAND must stop")
+	fs.IntVar(&f.conflict, "conflict-exit-code", exitConflict, "exit status when the lock is not acquired in time")
+	fs.StringVar(&f.keyPattern, "key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
+	fs.Usage = func() { fmt.Fprint(s.errOut, execUsage); fs.PrintDefaults() }
+	if err := parseFlags(fs, args, s.errOut, 2, -1); err != nil {
+		return err
+	}
+	name, argv := fs.Arg(0), fs.Args()[1:]
+	if argv[0] == "--" {
+		argv = argv[1:]
+	}
+	if len(argv) == 0 {
+		return usageError{errors.New("no COMMAND to run after KEY --")}
+	}
+	if err := f.validate(); err != nil {
+		return err
+	}
+	client, err := f.conn.client(ctx)
+	if err != nil {
+		return err
+	}
+	lock, err := consullock.NewEphemeralLock(name,
+		consullock.WithClient(client),
+		consullock.WithKeyPattern(f.keyPattern),
+		consullock.WithLockTimeout(f.ttl),
+		consullock.WithLockDelay(f.lockDelay),
+		consullock.WithAcquireTimeout(f.acquireTimeout()),
+		consullock.WithRenewal())
+	if err != nil {
+		return usageError{err}
+	}
+	return execLocked(ctx, lock, argv, f, s)
+}
+
+func (f *execFlags) validate() error {
+	switch {
+	case f.timeout < 0 || f.maxHold < 0 || f.grace < 0:
+		return usageError{errors.New("-timeout, -max-hold and -grace must not be negative")}
+	case f.try && f.timeout > 0:
+		return usageError{errors.New("-try and -timeout exclude each other")}
+	case f.conflict < 0 || f.conflict > 255:
+		return usageError{fmt.Errorf("-conflict-exit-code %d outside 0..255", f.conflict)}
+	}
+	return nil
+}
+
+// acquireTimeout maps the flags onto the library: -try is one attempt, and
+// -timeout 0 waits for as long as ctx allows.
+func (f *execFlags) acquireTimeout() time.Duration {
+	switch {
+	case f.try:
+		return 0
+	case f.timeout == 0:
+		return 1<<63 - 1
+	}
+	return f.timeout
+}
+
+// execLocked acquires the lock, runs argv under it, and releases it.
+func execLocked(ctx context.Context, lock *consullock.EphemeralLock, argv []string, f execFlags, s stdio) error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	acquired, err := lock.TryAcquire(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return exitError{128 + int(lastSignal(sigs, syscall.SIGINT)), "interrupted while waiting for the lock"}
+	case errors.Is(err, consullock.ErrPermissionDenied):
+		return exitError{exitUnavailable, err.Error()}
+	case err != nil:
+		return exitError{exitUnavailable, err.Error()}
+	case !acquired:
+		return exitError{f.conflict, fmt.Sprintf("lock %s not acquired: held by another session", lock.Key())}
+	}
+	// From here on the lock is given back whatever happens, also after ctx was
+	// cancelled by a signal that went on to the command.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := lock.Release(rctx); err != nil {
+			fmt.Fprintf(s.errOut, "consul-lock exec: %v\n", err)
+		}
+	}()
+	return supervise(lock, argv, f, sigs, s)
+}
+
+// supervise runs the command in a process group of its own and waits for it,
+// passing on signals, and stops it when the lock is lost or -max-hold ends.
+func supervise(lock *consullock.EphemeralLock, argv []string, f execFlags, sigs <-chan os.Signal, s stdio) error {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s.in, s.out, s.errOut
+	cmd.Env = append(os.Environ(),
+		"CONSUL_LOCK_KEY="+lock.Key(),
+		"CONSUL_LOCK_SESSION="+lock.Session(),
+		"CONSUL_LOCK_TOKEN="+strconv.FormatUint(lock.Token(), 10))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return exitError{exitNotFound, err.Error()}
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	var maxHold <-chan time.Time
+	if f.maxHold > 0 {
+		t := time.NewTimer(f.maxHold)
+		defer t.Stop()
+		maxHold = t.C
+	}
+	for {
+		select {
+		case <-done:
+			return exitError{status(cmd.ProcessState), ""}
+		case sig := <-sigs:
+			syscall.Kill(-cmd.Process.Pid, sig.(syscall.Signal))
+		case <-lock.Lost():
+			fmt.Fprintf(s.errOut, "consul-lock exec: %v; stopping the command\n", lock.Err())
+			stop(cmd.Process.Pid, f.grace, done)
+			return exitError{exitLost, ""}
+		case <-maxHold:
+			fmt.Fprintf(s.errOut, "consul-lock exec: -max-hold %v ran out; stopping the command\n", f.maxHold)
+			stop(cmd.Process.Pid, f.grace, done)
+			return exitError{exitMaxHold, ""}
+		}
+	}
+}
+
+// stop sends SIGTERM to the process group, SIGKILL after grace, and waits
+// for the command to exit.
+func stop(pid int, grace time.Duration, done <-chan struct{}) {
+	syscall.Kill(-pid, syscall.SIGTERM)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+	}
+	syscall.Kill(-pid, syscall.SIGKILL) // children that outlived the command
+}
+
+// status is the shell's view of how a process ended.
+func status(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+// lastSignal returns the signal that interrupted us, or def.
+func lastSignal(sigs <-chan os.Signal, def syscall.Signal) syscall.Signal {
+	select {
+	case sig := <-sigs:
+		return sig.(syscall.Signal)
+	default:
+		return def
+	}
+}

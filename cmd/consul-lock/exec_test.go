@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+func TestExecRunsCommandUnderTheLock(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+	r := cli(t, "exec", key, "--", "sh", "-c", `echo "$CONSUL_LOCK_KEY $CONSUL_LOCK_SESSION $CONSUL_LOCK_TOKEN"; exit 3`)
+	if r.code != 3 {
+		t.Fatalf("exit %d, want the command's 3 (stderr: %s)", r.code, r.errOut)
+	}
+	env := regexp.MustCompile(`^locks/ephemeral/(\S+) ([0-9a-f-]{36}) ([1-9][0-9]*)\n$`).FindStringSubmatch(r.out)
+	if env == nil || env[1] != key {
+		t.Fatalf("command saw %q, want CONSUL_LOCK_KEY, CONSUL_LOCK_SESSION and CONSUL_LOCK_TOKEN", r.out)
+	}
+	assertGone(t, c, key)
+}
+
+func TestExecExitStatuses(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"success", []string{"true"}, 0},
+		{"failure", []string{"sh", "-c", "exit 42"}, 42},
+		{"killed by SIGTERM", []string{"sh", "-c", "kill -TERM $$"}, 128 + 15},
+		{"not found", []string{"/no/such/command"}, exitNotFound},
+	} {
+		if r := cli(t, append([]string{"exec", key, "--"}, tc.args...)...); r.code != tc.want {
+			t.Errorf("%s: exit %d, want %d (stderr: %s)", tc.name, r.code, tc.want, r.errOut)
+		}
+	}
+	assertGone(t, c, key)
+
+	holder, err := consullock.NewEphemeralLock(key, consullock.WithClient(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release(context.Background())
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+		took time.Duration
+	}{
+		{"-try on a held lock", []string{"-try"}, exitConflict, 0},
+		{"-conflict-exit-code", []string{"-try", "-conflict-exit-code", "9"}, 9, 0},
+		{"-timeout on a held lock", []string{"-timeout", "500ms"}, exitConflict, 500 * time.Millisecond},
+	} {
+		start := time.Now()
+		r := cli(t, append(append([]string{"exec"}, tc.args...), key, "--", "sh", "-c", "echo ran")...)
+		if r.code != tc.want || r.out != "" || time.Since(start) < tc.took {
+			t.Errorf("%s: exit %d after %v with output %q, want %d, no output, not before %v", tc.name, r.code, time.Since(start), r.out, tc.want, tc.took)
+		}
+	}
+	if n := countSessions(t, c, holder.Key()); n != 1 {
+		t.Fatalf("%d sessions for %s, want only the holder's", n, holder.Key())
+	}
+}
+
+func TestExecUnreachableAgentExits69(t *testing.T) {
+	t.Parallel()
+	cmd := cliCommand(t, "exec", lockKey(t), "--", "true")
+	cmd.Env = append(cmd.Env, "CONSUL_HTTP_ADDR=127.0.0.1:1")
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != exitUnavailable || !strings.Contains(errb.String(), "127.0.0.1:1") || !strings.Contains(errb.String(), "consul-lock dev") {
+		t.Fatalf("exit %d, stderr %q: want 69 naming the address and how to start an agent", code, errb.String())
+	}
+}
+
+// 6 processes run `consul-lock exec` 20 times each on one key; their
+// critical sections, logged by the commands themselves, never overlap.
+func TestExecProcessesNeverOverlap(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+	logPath := filepath.Join(t.TempDir(), "sections.log")
+	const procs, runs = 6, 20
+	section := `echo "start $$" >> "$1"; sleep 0.01; echo "end $$" >> "$1"`
+	var wg sync.WaitGroup
+	for range procs {
+		wg.Go(func() {
+			for range runs {
+				if r := cli(t, "exec", "-timeout", "2m", key, "--", "sh", "-c", section, "sh", logPath); r.code != 0 {
+					t.Errorf("exec exited %d: %s", r.code, r.errOut)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 2*procs*runs {
+		t.Fatalf("%d log lines, want %d", len(lines), 2*procs*runs)
+	}
+	for i := 0; i < len(lines); i += 2 {
+		start, end := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if start[0] != "start" || end[0] != "end" || start[1] != end[1] {
+			t.Fatalf("critical sections overlap at line %d: %q then %q", i+1, lines[i], lines[i+1])
+		}
+	}
+	assertGone(t, c, key)
+}
+
+// startExec starts `consul-lock exec` with a command that prints "ready PID"
+// once it runs, and returns the command's pid.
+func startExec(t *testing.T, script string, args ...string) (*osCmd, int) {
+	t.Helper()
+	cmd := cliCommand(t, append(append([]string{"exec"}, args...), "--", "sh", "-c", `echo "ready $$"; `+script)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("command did not start: %v; stderr: %s", err, errb.String())
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "ready ")))
+	if err != nil {
+		t.Fatalf("bad ready line %q", line)
+	}
+	return &osCmd{cmd, &errb}, pid
+}
+
+// When the lock is deleted from Consul under a running command, the command
+// gets SIGTERM at once and SIGKILL after -grace, and exec exits 76.
+func TestExecStopsCommandWhenLockIsLost(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	for _, tc := range []struct {
+		name, script string
+		within       time.Duration
+	}{
+		{"command that stops on SIGTERM", "sleep 60", time.Second},
+		{"command that ignores SIGTERM", `trap "" TERM; sleep 60`, time.Second + 2*time.Second},
+	} {
+		key := lockKey(t) + "-" + strconv.Itoa(len(tc.script))
+		cmd, pid := startExec(t, tc.script, "-grace", "1s", key)
+		deleted := time.Now()
+		if _, err := c.KV().Delete("locks/ephemeral/"+key, nil); err != nil {
+			t.Fatal(err)
+		}
+		code := cmd.wait(t, tc.within+5*time.Second)
+		took := time.Since(deleted)
+		if code != exitLost || took > tc.within {
+			t.Fatalf("%s: exec exited %d %v after the key was deleted, want %d within %v (stderr: %s)", tc.name, code, took, exitLost, tc.within, cmd.errOut)
+		}
+		if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+			t.Fatalf("%s: command (pid %d) still alive after exec exited", tc.name, pid)
+		}
+		t.Logf("%s: stopped %v after its lock was deleted", tc.name, took.Round(time.Millisecond))
+		assertGone(t, c, key)
+	}
+}
+
+// SIGINT to consul-lock while it waits for the lock, or while the command
+// runs, leaves no session and no key behind.
+func TestExecSIGINTLeavesNothingBehind(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+
+	cmd, pid := startExec(t, "sleep 60", key)
+	waiter := cliCommand(t, "exec", key, "--", "true")
+	if err := waiter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	consultest.Eventually(t, 5*time.Second, "the waiter's session exists", func() bool {
+		return countSessions(t, c, "locks/ephemeral/"+key) == 2
+	})
+	waiter.Process.Signal(syscall.SIGINT)
+	waiter.Wait()
+	if code := waiter.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("waiter interrupted by SIGINT exited %d, want 130", code)
+	}
+	if n := countSessions(t, c, "locks/ephemeral/"+key); n != 1 {
+		t.Fatalf("%d sessions after the waiter was interrupted, want only the holder's", n)
+	}
+
+	cmd.cmd.Process.Signal(syscall.SIGINT)
+	if code := cmd.wait(t, 5*time.Second); code != 130 {
+		t.Fatalf("exec whose command got SIGINT exited %d, want 130 (stderr: %s)", code, cmd.errOut)
+	}
+	if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+		t.Fatalf("command (pid %d) still alive after SIGINT", pid)
+	}
+	assertGone(t, c, key)
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consullock/consullock"
+)
+
+func runRelease(ctx context.Context, args []string, s stdio) error {
+	var conn connFlags
+	fs := flag.NewFlagSet("consul-lock release", flag.ContinueOnError)
+	conn.register(fs)
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	pattern := fs.String("key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
+	fs.Usage = func() {
+		fmt.Fprint(s.errOut, "Usage: consul-lock release [flags] KEY\n\nForce-releases lock KEY, whose holder is gone, by destroying the holder's\nsession. A holder that is still alive loses the lock, and consul-lock exec\nstops its command. Says what it is about to do and asks first, unless -yes.\n\nExamples:\n  consul-lock release nightly-report\n  consul-lock release -yes nightly-report\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
+		return err
+	}
+	key, err := keyOf(*pattern, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	c, err := conn.client(ctx)
+	if err != nil {
+		return err
+	}
+	pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return exitError{exitUnavailable, err.Error()}
+	}
+	info, err := describe(ctx, c, pair, key)
+	if err != nil {
+		return exitError{exitUnavailable, err.Error()}
+	}
+	if !info.Held {
+		fmt.Fprintf(s.out, "%s is not held: nothing to release\n", key)
+		return nil
+	}
+	fmt.Fprintf(s.out, "About to release %s, held by %s, by destroying session %s (node %s).\n", key, holderOf(info), info.Session, info.Node)
+	if !*yes && !confirm(s) {
+		return exitError{1, "not released"}
+	}
+	if _, err := c.Session().Destroy(info.Session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return exitError{exitUnavailable, err.Error()}
+	}
+	fmt.Fprintf(s.out, "Released %s.\n", key)
+	return nil
+}
+
+func confirm(s stdio) bool {
+	fmt.Fprint(s.out, "Proceed? [y/N] ")
+	line, _ := bufio.NewReader(s.in).ReadString('\n')
+	answer := strings.ToLower(strings.TrimSpace(line))
+	return answer == "y" || answer == "yes"
+}
