@@ -49,6 +49,12 @@ type Config struct {
 	// lifespan.
 	Renew bool
 
+	// SessionTTL is the TTL of a Locker's shared session, which the Locker
+	// renews every half of it: how soon Consul frees the locks of a process
+	// that died or was cut off. Zero means 15 s; otherwise it must lie in
+	// [MinLockTimeout, MaxLockTimeout]. EphemeralLock does not use it.
+	SessionTTL time.Duration
+
 	// Token is the ACL token for this lock's calls; "" uses the client's.
 	Token string
 
@@ -101,6 +107,9 @@ func WithRenewal() Option { return func(cfg *Config) { cfg.Renew = true } }
 // the client's.
 func WithToken(token string) Option { return func(cfg *Config) { cfg.Token = token } }
 
+// WithSessionTTL sets the TTL of a Locker's shared session.
+func WithSessionTTL(d time.Duration) Option { return func(cfg *Config) { cfg.SessionTTL = d } }
+
 // WithKeyPattern sets the pattern that turns the lock's name into a key.
 func WithKeyPattern(pattern string) Option {
 	return func(cfg *Config) { cfg.KeyPattern = pattern }
@@ -122,5 +131,19 @@ func (c *Config) validate() error {
 	case c.LockDelay < 0 || c.LockDelay > MaxLockDelay:
 		return fmt.Errorf("%w: LockDelay %v outside [0s, %v]", ErrInvalidOption, c.LockDelay, MaxLockDelay)
 	}
+	if c.SessionTTL != 0 && (c.SessionTTL < MinLockTimeout || c.SessionTTL > MaxLockTimeout) {
+		return fmt.Errorf("%w: SessionTTL %v outside [%v, %v], the session TTLs Consul accepts",
+			ErrInvalidOption, c.SessionTTL, MinLockTimeout, MaxLockTimeout)
+	}
 	return validatePattern(c.KeyPattern)
+}
+
+// defaultSessionTTL is a Locker's session TTL when Config.SessionTTL is 0.
+const defaultSessionTTL = 15 * time.Second
+
+func (c *Config) sessionTTL() time.Duration {
+	if c.SessionTTL == 0 {
+		return defaultSessionTTL
+	}
+	return c.SessionTTL
 }

@@ -85,16 +85,22 @@ func (l *EphemeralLock) CheckOp() *api.KVTxnOp {
 // A resource outside Consul gets the same protection from Token: store the
 // highest token seen with the data and refuse writes that carry a lower one.
 func (l *EphemeralLock) PutFenced(ctx context.Context, key string, value []byte) error {
+	return putFenced(ctx, l.conn, l.CheckOp(), l.key, key, value)
+}
+
+// putFenced writes value under key in one transaction after check, the
+// condition that the lock named lockKey is still held.
+func putFenced(ctx context.Context, c conn, check *api.KVTxnOp, lockKey, key string, value []byte) error {
 	if err := validateKey(key); err != nil {
 		return fmt.Errorf("%w: %q: %s", ErrInvalidKey, key, err)
 	}
-	ops := api.KVTxnOps{l.CheckOp(), {Verb: api.KVSet, Key: key, Value: value}}
-	ok, resp, _, err := l.conn.c.KV().Txn(ops, l.conn.query(ctx, api.QueryOptions{}))
+	ops := api.KVTxnOps{check, {Verb: api.KVSet, Key: key, Value: value}}
+	ok, resp, _, err := c.c.KV().Txn(ops, c.query(ctx, api.QueryOptions{}))
 	switch {
 	case err != nil:
 		return fmt.Errorf("consullock: fenced put %q: %w", key, explain(err))
 	case !ok && len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0:
-		return fmt.Errorf("%w: %q: fenced put %q refused: %s", ErrLockLost, l.key, key, resp.Errors[0].What)
+		return fmt.Errorf("%w: %q: fenced put %q refused: %s", ErrLockLost, lockKey, key, resp.Errors[0].What)
 	case !ok:
 		return fmt.Errorf("consullock: fenced put %q: %v", key, resp.Errors)
 	}

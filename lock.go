@@ -36,7 +36,7 @@ type EphemeralLock struct {
 	state     lockState
 	cancel    context.CancelFunc // cancels an Acquire in progress
 	acquired  chan struct{}      // closed when an Acquire in progress returns
-	holder    string             // who kept the key through a failed acquire
+	holder    *api.KVPair        // who kept the key through a failed acquire
 	hold      hold               // the current hold, while held
 	lostErr   error              // why the hold was lost, if it was
 	stopWatch context.CancelFunc // ends the goroutine that watches the hold
@@ -273,22 +273,24 @@ func (l *EphemeralLock) giveBack(ctx context.Context, session string) error {
 
 // recordHolder notes who kept the key, for ErrNotAcquired's message.
 func (l *EphemeralLock) recordHolder(pair *api.KVPair) {
-	if pair == nil {
-		return
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.holder = fmt.Sprintf("session %s (value %.200q)", pair.Session, pair.Value)
+	l.holder = pair
 }
 
 func (l *EphemeralLock) notAcquired() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.holder == "" {
-		return fmt.Errorf("%w: %q held by another session", ErrNotAcquired, l.key)
+	return notAcquiredError(l.key, l.holder, l.cfg.AcquireTimeout)
+}
+
+// notAcquiredError says who kept key, when it is known.
+func notAcquiredError(key string, holder *api.KVPair, timeout time.Duration) error {
+	if holder == nil {
+		return fmt.Errorf("%w: %q held by another session", ErrNotAcquired, key)
 	}
-	return fmt.Errorf("%w: %q held by %s for the whole acquire timeout (%v)",
-		ErrNotAcquired, l.key, l.holder, l.cfg.AcquireTimeout)
+	return fmt.Errorf("%w: %q held by session %s (value %.200q) for the whole acquire timeout (%v)",
+		ErrNotAcquired, key, holder.Session, holder.Value, timeout)
 }
 
 // deadlineAfter is time.Now().Add(d) without overflow for huge timeouts.

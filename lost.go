@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 )
 
 // Watching a held lock: the holder learns of a loss from a consistent
@@ -40,54 +38,16 @@ func (l *EphemeralLock) startWatch(ctx context.Context, h hold) {
 	}
 }
 
-// watch follows the key with consistent blocking queries until ctx ends,
-// and reports a loss when the key is gone or another session holds it.
-// Errors are retried: the local deadline bounds how long silence is trusted.
+// watch reports a loss of h seen in Consul.
 func (l *EphemeralLock) watch(ctx context.Context, h hold) {
-	index := h.token
-	var b backoff
-	for {
-		pair, meta, err := l.conn.c.KV().Get(l.key, l.conn.query(ctx, api.QueryOptions{
-			WaitIndex:         index,
-			RequireConsistent: true,
-		}))
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			if _, err := b.wait(ctx, time.Now().Add(2*maxBackoff)); err != nil {
-				return
-			}
-			continue
-		case pair == nil:
-			l.lose(h, "its key was deleted")
-			return
-		case pair.Session != h.session:
-			l.lose(h, "its key is held by session "+pair.Session)
-			return
-		}
-		index, b = nextIndex(index, meta.LastIndex), backoff{}
-	}
+	watchHeld(ctx, l.conn, l.key, h.session, h.token, func(reason string) { l.lose(h, reason) })
 }
 
-// renew renews h's session every half TTL until ctx ends, retrying failures
-// until the local deadline, and moves the deadline on with each renewal.
+// renew renews h's session until ctx ends, moving the local deadline on.
 func (l *EphemeralLock) renew(ctx context.Context, h hold) {
-	ttl := l.cfg.LockTimeout
-	for sleep(ctx, ttl/2) == nil {
-		sent := time.Now()
-		switch err := renewSession(ctx, l.conn, h.session, h.expires); {
-		case ctx.Err() != nil:
-			return
-		case err == errSessionGone:
-			l.lose(h, "Consul invalidated its session")
-			return
-		case err != nil:
-			return // the expiry timer reports the loss at the deadline
-		}
-		h.expires = holdExpiry(sent, ttl)
-		l.extend(h)
-	}
+	renewEvery(ctx, l.conn, h.session, l.cfg.LockTimeout, h.expires,
+		func(expires time.Time) { h.expires = expires; l.extend(h) },
+		func() { l.lose(h, "Consul invalidated its session") })
 }
 
 // extend moves the local deadline of the current hold to h.expires.

@@ -1,0 +1,145 @@
+package consullock
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Lease is one lock held through a Locker, from Acquire until Release or a
+// loss. Its methods are safe for concurrent use.
+type Lease struct {
+	s       *sharedSession
+	key     string
+	token   uint64
+	leave   func() // passes the local turn on the key to the next goroutine
+	lost    chan struct{}
+	watch   sync.Once
+	maxLife interface{ Stop() bool }
+
+	mu      sync.Mutex
+	done    bool // released or lost
+	lostErr error
+	onLost  func(error)
+}
+
+// Key returns the Consul key of the lock.
+func (l *Lease) Key() string { return l.key }
+
+// Session returns the ID of the Locker's session that holds the lock.
+func (l *Lease) Session() string { return l.s.id }
+
+// Token returns the fencing token of the lease: the Consul index of the
+// write that took the key, strictly increasing across the key's holders.
+func (l *Lease) Token() uint64 { return l.token }
+
+// Lost returns a channel that is closed when the lease ends: released, or
+// lost because its key was deleted or taken over (noticed within about a
+// second), because its maximum lifespan passed, or because the Locker's
+// session was lost or reached its local deadline without a confirmed
+// renewal. Err tells a loss from a release. The first call starts watching
+// the key in Consul: a lease that nobody asks about costs no query.
+func (l *Lease) Lost() <-chan struct{} {
+	l.watch.Do(func() {
+		go watchHeld(l.s.ctx, l.s.lk.conn, l.key, l.s.id, l.token, func(reason string) {
+			l.lose(fmt.Errorf("%w: %q (token %d): %s", ErrLockLost, l.key, l.token, reason))
+		})
+	})
+	return l.lost
+}
+
+// Err returns why the lease was lost, an error wrapping ErrLockLost, or nil
+// while it is held and after a Release.
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lostErr
+}
+
+// Release gives the lock back in one consensus write that deletes the key
+// only while this Locker's session holds it. It is idempotent; after a loss
+// it does nothing. A failed Release may be retried; if it is not, the
+// Locker gives the key back when its maximum lifespan passes.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	done := l.done
+	l.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id); err != nil {
+		return fmt.Errorf("consullock: release %q: %w", l.key, err)
+	}
+	l.finish(nil)
+	return nil
+}
+
+// CheckOp returns a transaction operation that fails unless the lease's
+// session still holds its key; see EphemeralLock.CheckOp.
+func (l *Lease) CheckOp() *api.KVTxnOp {
+	return &api.KVTxnOp{Verb: api.KVCheckSession, Key: l.key, Session: l.s.id}
+}
+
+// PutFenced writes value under key only if the lease still holds its lock;
+// see EphemeralLock.PutFenced.
+func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
+	return putFenced(ctx, l.s.lk.conn, l.CheckOp(), l.key, key, value)
+}
+
+// notify makes the lease call fn with the loss, for Hold.
+func (l *Lease) notify(fn func(error)) {
+	l.mu.Lock()
+	l.onLost = fn
+	err := l.lostErr
+	l.mu.Unlock()
+	if err != nil {
+		fn(err)
+	}
+	l.Lost() // Hold must hear of a loss: start the watch
+}
+
+// expire ends a lease whose maximum lifespan passed: the holder is told
+// first, then the key is given back.
+func (l *Lease) expire() {
+	l.lose(fmt.Errorf("%w: %q (token %d): its maximum lifespan (LockTimeout %v) passed",
+		ErrLockLost, l.key, l.token, l.s.lk.cfg.LockTimeout))
+	ctx, cancel := detached(context.Background())
+	defer cancel()
+	if deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id) != nil {
+		// The key would stay held as long as the session is renewed.
+		l.s.end(fmt.Errorf("%w: could not give back %q after its maximum lifespan", ErrLockLost, l.key))
+		destroySession(ctx, l.s.lk.conn, l.s.id)
+	}
+}
+
+// lose ends the lease with err, once, and tells whoever asked.
+func (l *Lease) lose(err error) {
+	if fn := l.finish(err); fn != nil {
+		fn(err)
+	}
+}
+
+// finish ends the lease once: err is nil for a release. It returns the
+// function to tell of a loss, if any.
+func (l *Lease) finish(err error) (notify func(error)) {
+	l.mu.Lock()
+	if l.done {
+		l.mu.Unlock()
+		return nil
+	}
+	l.done, l.lostErr = true, err
+	notify = l.onLost
+	l.mu.Unlock()
+	if l.maxLife != nil {
+		l.maxLife.Stop()
+	}
+	close(l.lost)
+	l.s.unregister(l)
+	l.leave()
+	if err == nil {
+		return nil
+	}
+	return notify
+}

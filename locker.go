@@ -1,0 +1,239 @@
+package consullock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Locker takes locks for one process through a single Consul session that
+// all its locks share and that it renews in the background, so that a lock
+// cycle costs two consensus writes: one to take the key (which also returns
+// the fencing token) and one to give it back. An EphemeralLock, with a
+// session of its own, costs three.
+//
+// Goroutines of one Locker that want the same key queue for it locally, in
+// arrival order, and only the first of them contends in Consul: a released
+// key goes to the next local waiter at once, and waiters cost Consul nothing.
+//
+// Each lock's maximum lifespan (Config.LockTimeout) is enforced by the
+// Locker, which gives the key back when it passes; the session's TTL
+// (Config.SessionTTL) is the backstop that frees every key of a process that
+// died or was cut off from Consul. If the session is lost, every lock taken
+// through it is lost, and the next Acquire creates a new session.
+//
+// A Locker is safe for concurrent use. Close it to give back its locks.
+type Locker struct {
+	cfg  Config
+	conn conn
+
+	create sync.Mutex // serialises session creation
+
+	mu     sync.Mutex
+	sess   *sharedSession // nil before the first lock and after a loss
+	slots  map[string]*keySlot
+	closed bool
+}
+
+var errLockerClosed = errors.New("the Locker is closed")
+
+// keySlot queues the Locker's goroutines that want one key.
+type keySlot struct {
+	turn chan struct{} // holds a token while a goroutine has the turn
+	refs int
+}
+
+// NewLocker builds a Locker. It validates every setting and talks to no one;
+// the session is created by the first Acquire.
+func NewLocker(opts ...Option) (*Locker, error) {
+	cfg := Defaults
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Value == nil {
+		cfg.Value = DefaultValue
+	}
+	return &Locker{cfg: cfg, conn: conn{cfg.Client, cfg.Token}, slots: map[string]*keySlot{}}, nil
+}
+
+// Acquire takes the lock on the key that the Locker's KeyPattern makes of
+// name, waiting up to the acquire timeout. When another holder keeps it for
+// the whole timeout the error wraps ErrNotAcquired; passing failures are
+// retried within the timeout; when ctx ends first, Acquire returns promptly
+// with ctx's error. Whenever it returns an error, it holds nothing.
+func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
+	key, err := lockKey(lk.cfg.KeyPattern, name)
+	if err != nil {
+		return nil, err
+	}
+	deadline := deadlineAfter(lk.cfg.AcquireTimeout)
+	leave, err := lk.takeTurn(ctx, key, deadline)
+	if err != nil {
+		return nil, err
+	}
+	lease, err := lk.contend(ctx, key, deadline)
+	if err != nil {
+		leave()
+		return nil, fmt.Errorf("consullock: acquire %q: %w", key, err)
+	}
+	lease.leave = leave
+	return lease, nil
+}
+
+// Hold acquires the lock on name, runs fn, and releases the lock however fn
+// ends, also when it panics. fn's context is cancelled with a cause wrapping
+// ErrLockLost if the lock is lost. It returns fn's error, joined with
+// Release's if that failed.
+func (lk *Locker) Hold(ctx context.Context, name string, fn func(ctx context.Context) error) (err error) {
+	lease, err := lk.Acquire(ctx, name)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	lease.notify(cancel)
+	defer func() {
+		rctx, rcancel := detached(ctx)
+		defer rcancel()
+		if rerr := lease.Release(rctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	return fn(ctx)
+}
+
+// Close gives back every lock of the Locker at once, by destroying its
+// session, and stops renewing it. Leases still held end as lost. Acquire
+// fails after Close.
+func (lk *Locker) Close(ctx context.Context) error {
+	lk.mu.Lock()
+	lk.closed = true
+	s := lk.sess
+	lk.sess = nil
+	lk.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	s.end(fmt.Errorf("%w: the Locker was closed", ErrLockLost))
+	<-s.renewed
+	if err := destroySession(ctx, lk.conn, s.id); err != nil {
+		return fmt.Errorf("consullock: close: %w", err)
+	}
+	return nil
+}
+
+// takeTurn waits for the local turn on key: only one goroutine of the
+// Locker contends for a key in Consul at a time, and keeps the turn while it
+// holds the lock.
+func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) (leave func(), err error) {
+	lk.mu.Lock()
+	if lk.closed {
+		lk.mu.Unlock()
+		return nil, fmt.Errorf("consullock: %w", errLockerClosed)
+	}
+	slot := lk.slots[key]
+	if slot == nil {
+		slot = &keySlot{turn: make(chan struct{}, 1)}
+		lk.slots[key] = slot
+	}
+	slot.refs++
+	lk.mu.Unlock()
+	unref := func() {
+		lk.mu.Lock()
+		defer lk.mu.Unlock()
+		if slot.refs--; slot.refs == 0 {
+			delete(lk.slots, key)
+		}
+	}
+	turn := func() { <-slot.turn; unref() }
+	select { // a free turn is taken even with no time left to wait
+	case slot.turn <- struct{}{}:
+		return turn, nil
+	default:
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case slot.turn <- struct{}{}:
+		return turn, nil
+	case <-ctx.Done():
+		unref()
+		return nil, context.Cause(ctx)
+	case <-timer.C:
+		unref()
+		return nil, fmt.Errorf("%w: %q held by this process for the whole acquire timeout (%v)", ErrNotAcquired, key, lk.cfg.AcquireTimeout)
+	}
+}
+
+// contend takes key with the Locker's session, waiting on blocking queries
+// while another session holds it. A session that Consul no longer knows is
+// replaced once.
+func (lk *Locker) contend(ctx context.Context, key string, deadline time.Time) (*Lease, error) {
+	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline}
+	for replaced := false; ; {
+		s, err := lk.session(ctx, deadline)
+		if err != nil {
+			return nil, err
+		}
+		acquiredAt := time.Now()
+		token, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline)
+		switch {
+		case err != nil && !replaced && strings.Contains(err.Error(), "nvalid session"):
+			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))
+			replaced = true
+			continue
+		case err != nil:
+			return nil, err
+		case token != 0:
+			return s.register(key, token, acquiredAt)
+		}
+		switch err := w.untilFree(ctx); {
+		case errors.Is(err, errDeadline):
+			return nil, notAcquiredError(key, w.holder, lk.cfg.AcquireTimeout)
+		case err != nil:
+			return nil, err
+		}
+	}
+}
+
+// session returns the Locker's live session, creating it when there is none.
+func (lk *Locker) session(ctx context.Context, deadline time.Time) (*sharedSession, error) {
+	lk.create.Lock()
+	defer lk.create.Unlock()
+	lk.mu.Lock()
+	s, closed := lk.sess, lk.closed
+	lk.mu.Unlock()
+	switch {
+	case closed:
+		return nil, errLockerClosed
+	case s != nil:
+		return s, nil
+	}
+	sent := time.Now()
+	ttl := lk.cfg.sessionTTL()
+	id, err := createSession(ctx, lk.conn, sessionSpec{"locker", ttl, lk.cfg.LockDelay}, deadline)
+	if err != nil {
+		return nil, err
+	}
+	s = newSharedSession(lk, id, holdExpiry(sent, ttl))
+	lk.mu.Lock()
+	closed = lk.closed
+	if !closed {
+		lk.sess = s
+	}
+	lk.mu.Unlock()
+	if closed { // closed while the session was created
+		s.end(errLockerClosed)
+		cctx, cancel := detached(ctx)
+		defer cancel()
+		destroySession(cctx, lk.conn, id)
+		return nil, errLockerClosed
+	}
+	return s, nil
+}

@@ -1,0 +1,88 @@
+package consullock
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// sharedSession is a Locker's Consul session and the leases taken with it.
+type sharedSession struct {
+	lk      *Locker
+	id      string
+	ctx     context.Context // ends with the session: stops its renewer and its leases' watches
+	stop    context.CancelFunc
+	renewed chan struct{} // closed when the renewer has returned
+
+	// Guarded by lk.mu.
+	expires time.Time
+	expiry  *time.Timer
+	leases  map[*Lease]struct{}
+	lostErr error
+}
+
+func newSharedSession(lk *Locker, id string, expires time.Time) *sharedSession {
+	s := &sharedSession{lk: lk, id: id, renewed: make(chan struct{}), expires: expires, leases: map[*Lease]struct{}{}}
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.expiry = time.AfterFunc(time.Until(expires), func() {
+		s.end(fmt.Errorf("%w: the Locker's session TTL (%v) ran out unconfirmed", ErrLockLost, lk.cfg.sessionTTL()))
+	})
+	go func() {
+		defer close(s.renewed)
+		renewEvery(s.ctx, lk.conn, id, lk.cfg.sessionTTL(), expires, s.extend, func() {
+			s.end(fmt.Errorf("%w: Consul invalidated the Locker's session", ErrLockLost))
+		})
+	}()
+	return s
+}
+
+func (s *sharedSession) extend(expires time.Time) {
+	s.lk.mu.Lock()
+	defer s.lk.mu.Unlock()
+	if s.lostErr == nil {
+		s.expires = expires
+		s.expiry.Reset(time.Until(expires))
+	}
+}
+
+// end ends the session for the Locker, once: it stops renewing, and every
+// lease taken with it is lost with err.
+func (s *sharedSession) end(err error) {
+	s.lk.mu.Lock()
+	if s.lostErr != nil {
+		s.lk.mu.Unlock()
+		return
+	}
+	s.lostErr = err
+	if s.lk.sess == s {
+		s.lk.sess = nil
+	}
+	s.stop()
+	s.expiry.Stop()
+	leases := s.leases
+	s.leases = nil
+	s.lk.mu.Unlock()
+	for l := range leases {
+		l.lose(err)
+	}
+}
+
+// register records a key just taken with the session as a lease, and starts
+// the clock of its maximum lifespan.
+func (s *sharedSession) register(key string, token uint64, acquiredAt time.Time) (*Lease, error) {
+	l := &Lease{s: s, key: key, token: token, lost: make(chan struct{})}
+	s.lk.mu.Lock()
+	defer s.lk.mu.Unlock()
+	if s.lostErr != nil {
+		return nil, s.lostErr
+	}
+	s.leases[l] = struct{}{}
+	l.maxLife = time.AfterFunc(time.Until(acquiredAt.Add(s.lk.cfg.LockTimeout)), l.expire)
+	return l, nil
+}
+
+func (s *sharedSession) unregister(l *Lease) {
+	s.lk.mu.Lock()
+	defer s.lk.mu.Unlock()
+	delete(s.leases, l)
+}

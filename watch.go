@@ -1,0 +1,63 @@
+package consullock
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// watchHeld follows a held key with consistent blocking queries, from the
+// index of the write that took it, until ctx ends or the hold ends. It calls
+// lost once, with the reason, when the key is gone or another session holds
+// it, and then returns. Errors are retried: the holder's local deadline, not
+// this watch, bounds how long Consul's silence is trusted.
+func watchHeld(ctx context.Context, c conn, key, session string, token uint64, lost func(reason string)) {
+	index := token
+	var b backoff
+	for {
+		pair, meta, err := c.c.KV().Get(key, c.query(ctx, api.QueryOptions{
+			WaitIndex:         index,
+			RequireConsistent: true,
+		}))
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			if _, err := b.wait(ctx, time.Now().Add(2*maxBackoff)); err != nil {
+				return
+			}
+			continue
+		case pair == nil:
+			lost("its key was deleted")
+			return
+		case pair.Session != session:
+			lost("its key is held by session " + pair.Session)
+			return
+		}
+		index, b = nextIndex(index, meta.LastIndex), backoff{}
+	}
+}
+
+// renewEvery renews session every ttl/2 until ctx ends. Each renewal is
+// retried until expires, the local deadline, which moves on with every
+// renewal Consul confirms: renewed is called with the new deadline. gone is
+// called when Consul no longer knows the session; when the deadline passes
+// unconfirmed, renewEvery returns and the caller's timer reports the loss.
+func renewEvery(ctx context.Context, c conn, session string, ttl time.Duration, expires time.Time,
+	renewed func(expires time.Time), gone func()) {
+	for sleep(ctx, ttl/2) == nil {
+		sent := time.Now()
+		switch err := renewSession(ctx, c, session, expires); {
+		case ctx.Err() != nil:
+			return
+		case err == errSessionGone:
+			gone()
+			return
+		case err != nil:
+			return
+		}
+		expires = holdExpiry(sent, ttl)
+		renewed(expires)
+	}
+}
