@@ -32,7 +32,7 @@ func takeKey(ctx context.Context, c conn, key string, value []byte, session stri
 
 func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string) (uint64, error) {
 	ops := api.KVTxnOps{{Verb: api.KVLock, Key: key, Value: value, Session: session}}
-	ok, resp, _, err := c.c.KV().Txn(ops, c.query(ctx, api.QueryOptions{}))
+	ok, resp, err := kvTxn(ctx, c, ops)
 	switch {
 	case err != nil:
 		return 0, err
@@ -59,7 +59,7 @@ func deleteIfHeld(ctx context.Context, c conn, key, session string) error {
 		{Verb: api.KVDelete, Key: key},
 	}
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
-		_, _, _, err := c.c.KV().Txn(ops, c.query(ctx, api.QueryOptions{}))
+		_, _, err := kvTxn(ctx, c, ops)
 		return err
 	})
 	if err != nil {
@@ -72,9 +72,20 @@ func deleteIfHeld(ctx context.Context, c conn, key, session string) error {
 // session still holds its key: put it first in a Consul transaction
 // (api.KV.Txn or api.Txn.Txn) and the rest of the transaction applies only
 // while the lock is held, like etcd's Mutex.IsOwner. On a lock not held, the
-// operation checks for an empty session and always fails.
+// operation names a session that cannot exist, so it always fails.
 func (l *EphemeralLock) CheckOp() *api.KVTxnOp {
-	return &api.KVTxnOp{Verb: api.KVCheckSession, Key: l.key, Session: l.Session()}
+	return checkHeld(l.key, l.Session())
+}
+
+// notHeldSession is no session's ID: Consul's IDs are UUIDs.
+const notHeldSession = "consullock-lock-not-held"
+
+func checkHeld(key, session string) *api.KVTxnOp {
+	if session == "" {
+		// An empty session would pass the check on a key that exists unlocked.
+		session = notHeldSession
+	}
+	return &api.KVTxnOp{Verb: api.KVCheckSession, Key: key, Session: session}
 }
 
 // PutFenced writes value under key in one consensus write that applies only
@@ -94,8 +105,11 @@ func putFenced(ctx context.Context, c conn, check *api.KVTxnOp, lockKey, key str
 	if err := validateKey(key); err != nil {
 		return fmt.Errorf("%w: %q: %s", ErrInvalidKey, key, err)
 	}
+	if check.Session == notHeldSession {
+		return fmt.Errorf("%w: %q is not held: fenced put %q refused", ErrLockLost, lockKey, key)
+	}
 	ops := api.KVTxnOps{check, {Verb: api.KVSet, Key: key, Value: value}}
-	ok, resp, _, err := c.c.KV().Txn(ops, c.query(ctx, api.QueryOptions{}))
+	ok, resp, err := kvTxn(ctx, c, ops)
 	switch {
 	case err != nil:
 		return fmt.Errorf("consullock: fenced put %q: %w", key, explain(err))

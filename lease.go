@@ -43,7 +43,7 @@ func (l *Lease) Token() uint64 { return l.token }
 // the key in Consul: a lease that nobody asks about costs no query.
 func (l *Lease) Lost() <-chan struct{} {
 	l.watch.Do(func() {
-		go watchHeld(l.s.ctx, l.s.lk.conn, l.key, l.s.id, l.token, func(reason string) {
+		go watchHeld(l.s.ctx, l.s.lk.conn, l.key, l.s.id, l.token, l.lost, func(reason string) {
 			l.lose(fmt.Errorf("%w: %q (token %d): %s", ErrLockLost, l.key, l.token, reason))
 		})
 	})
@@ -79,7 +79,7 @@ func (l *Lease) Release(ctx context.Context) error {
 // CheckOp returns a transaction operation that fails unless the lease's
 // session still holds its key; see EphemeralLock.CheckOp.
 func (l *Lease) CheckOp() *api.KVTxnOp {
-	return &api.KVTxnOp{Verb: api.KVCheckSession, Key: l.key, Session: l.s.id}
+	return checkHeld(l.key, l.s.id)
 }
 
 // PutFenced writes value under key only if the lease still holds its lock;
@@ -114,23 +114,19 @@ func (l *Lease) expire() {
 	}
 }
 
-// lose ends the lease with err, once, and tells whoever asked.
-func (l *Lease) lose(err error) {
-	if fn := l.finish(err); fn != nil {
-		fn(err)
-	}
-}
+// lose ends the lease with err.
+func (l *Lease) lose(err error) { l.finish(err) }
 
-// finish ends the lease once: err is nil for a release. It returns the
-// function to tell of a loss, if any.
-func (l *Lease) finish(err error) (notify func(error)) {
+// finish ends the lease once, err nil for a release: it passes the local
+// turn on, and cancels Hold's context with the loss or errReleased.
+func (l *Lease) finish(err error) {
 	l.mu.Lock()
 	if l.done {
 		l.mu.Unlock()
-		return nil
+		return
 	}
 	l.done, l.lostErr = true, err
-	notify = l.onLost
+	notify := l.onLost
 	l.mu.Unlock()
 	if l.maxLife != nil {
 		l.maxLife.Stop()
@@ -138,8 +134,10 @@ func (l *Lease) finish(err error) (notify func(error)) {
 	close(l.lost)
 	l.s.unregister(l)
 	l.leave()
-	if err == nil {
-		return nil
+	if notify != nil {
+		if err == nil {
+			err = errReleased
+		}
+		notify(err)
 	}
-	return notify
 }

@@ -109,27 +109,46 @@ func (l *EphemeralLock) Token() uint64 {
 // holder to release it. It fails hard: when the lock stays taken for the whole
 // timeout the error wraps ErrNotAcquired. Failures that pass (a Consul leader
 // election, a dropped connection, an overloaded server) are retried with
-// jittered backoff within the acquire timeout. A lock is single use: any call
-// after the first returns ErrAlreadyUsed. When ctx ends first, Acquire returns
-// promptly with ctx's error. Whenever it returns an error, nothing of the
-// attempt is left in Consul.
+// jittered backoff within the acquire timeout; if Consul still fails at the
+// deadline, that failure is the error. A lock is single use: any call after
+// the first returns ErrAlreadyUsed. When ctx ends first, Acquire returns
+// promptly with ctx's error. Whenever it returns an error it has destroyed
+// its session, retrying for up to 10 s; a session Consul cannot be told about
+// then expires with its TTL.
 func (l *EphemeralLock) Acquire(ctx context.Context) error {
-	acquired, err := l.TryAcquire(ctx)
-	if err == nil && !acquired {
-		err = l.notAcquired()
-	}
-	return err
+	return l.acquire(ctx, nil)
 }
 
 // TryAcquire is Acquire without failing hard, python-consul-lock's
 // fail_hard=False: it returns (false, nil) when another holder kept the lock
 // for the whole acquire timeout, and an error only for a real failure.
 func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
-	ctx, err := l.begin(ctx)
+	return l.tryAcquire(ctx, nil)
+}
+
+func (l *EphemeralLock) acquire(ctx context.Context, onLost context.CancelCauseFunc) error {
+	acquired, err := l.tryAcquire(ctx, onLost)
+	if err == nil && !acquired {
+		err = l.notAcquired()
+	}
+	return err
+}
+
+// tryAcquire acquires, and makes the end of the hold call onLost, if set.
+func (l *EphemeralLock) tryAcquire(ctx context.Context, onLost context.CancelCauseFunc) (bool, error) {
+	ctx, err := l.begin(ctx, onLost)
 	if err != nil {
 		return false, err
 	}
 	h, err := l.contend(ctx)
+	if h.token != 0 && ctx.Err() != nil {
+		// Cancelled, by the caller or by Release, just as the key was won:
+		// give it back rather than report a lock Release took for not held.
+		rctx, cancel := detached(ctx)
+		l.giveBack(rctx, h.session)
+		cancel()
+		h.token, err = 0, context.Cause(ctx)
+	}
 	l.end(ctx, h)
 	if err != nil {
 		return false, fmt.Errorf("consullock: acquire %q: %w", l.key, err)
@@ -139,8 +158,11 @@ func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
 
 // Release gives the lock back: it stops renewing the session, deletes the
 // key only if this lock's session still holds it, and destroys the session.
-// It is idempotent, and does nothing on a lock never acquired. A failed
-// Release may be retried; if it is not, Consul frees the key when the
+// It completes even when ctx is already cancelled, trying for up to 10 s, so
+// that a deferred Release with a request's context still gives the lock back.
+// It is idempotent, and does nothing on a lock never acquired; on a lock
+// being acquired, it cancels the Acquire and waits for it (or for ctx). A
+// failed Release may be retried; if it is not, Consul frees the key when the
 // session's TTL runs out.
 func (l *EphemeralLock) Release(ctx context.Context) error {
 	l.mu.Lock()
@@ -148,7 +170,11 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 		l.cancel()
 		done := l.acquired
 		l.mu.Unlock()
-		<-done
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return fmt.Errorf("consullock: release %q during its acquire: %w", l.key, context.Cause(ctx))
+		}
 		l.mu.Lock()
 	}
 	defer l.mu.Unlock()
@@ -158,7 +184,9 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 		return nil
 	}
 	l.stopRenew()
-	if err := l.giveBack(ctx, l.hold.session); err != nil {
+	rctx, cancel := detached(ctx)
+	defer cancel()
+	if err := l.giveBack(rctx, l.hold.session); err != nil {
 		l.endHold(true)
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
@@ -176,19 +204,15 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 //
 // fn's context is cancelled when the lock is lost (see Lost), with a cause
 // that wraps ErrLockLost: fn must stop touching what the lock protects then.
+// It is also cancelled when another goroutine calls Release.
 func (l *EphemeralLock) Hold(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	l.mu.Lock()
-	l.onLost = cancel
-	l.mu.Unlock()
-	if err := l.Acquire(ctx); err != nil {
+	if err := l.acquire(ctx, cancel); err != nil {
 		return err
 	}
 	defer func() {
-		rctx, cancel := detached(ctx)
-		defer cancel()
-		if rerr := l.Release(rctx); rerr != nil {
+		if rerr := l.Release(ctx); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}()
@@ -197,14 +221,14 @@ func (l *EphemeralLock) Hold(ctx context.Context, fn func(ctx context.Context) e
 
 // begin moves a new lock to acquiring and returns the context that Release
 // cancels.
-func (l *EphemeralLock) begin(ctx context.Context) (context.Context, error) {
+func (l *EphemeralLock) begin(ctx context.Context, onLost context.CancelCauseFunc) (context.Context, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.state != stateNew {
 		return nil, fmt.Errorf("%w: %q", ErrAlreadyUsed, l.key)
 	}
 	ctx, l.cancel = context.WithCancel(ctx)
-	l.state, l.acquired = stateAcquiring, make(chan struct{})
+	l.state, l.acquired, l.onLost = stateAcquiring, make(chan struct{}), onLost
 	return ctx, nil
 }
 
@@ -224,17 +248,15 @@ func (l *EphemeralLock) end(ctx context.Context, h hold) {
 }
 
 // contend creates the lock's session and takes the key with it, waiting on
-// blocking queries while another session holds it. It returns the hold, whose
-// token is 0 when the lock was not acquired; then it has destroyed the
-// session again.
+// blocking queries while another session holds it, and renewing the session
+// while it waits so that the lock, once taken, has at least half its
+// LockTimeout ahead. It returns the hold, whose token is 0 when the lock was
+// not acquired; then it has destroyed the session again.
 func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 	deadline := deadlineAfter(l.cfg.AcquireTimeout)
-	sent := time.Now()
-	h.session, err = createSession(ctx, l.conn, sessionSpec{l.key, l.cfg.LockTimeout, l.cfg.LockDelay}, deadline)
-	if err != nil {
+	if err := l.newSession(ctx, &h, deadline); err != nil {
 		return hold{}, err
 	}
-	h.expires = holdExpiry(sent, l.cfg.LockTimeout)
 	defer func() {
 		if h.token == 0 {
 			cctx, cancel := detached(ctx)
@@ -242,7 +264,8 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 			err = errors.Join(err, destroySession(cctx, l.conn, h.session))
 		}
 	}()
-	w := &keyWatch{conn: l.conn, key: l.key, deadline: deadline}
+	w := &keyWatch{conn: l.conn, key: l.key, deadline: deadline, maxWait: l.cfg.LockTimeout / 2,
+		beforeQuery: func(ctx context.Context) error { return l.freshen(ctx, &h, deadline) }}
 	for {
 		if h.token, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline); h.token != 0 || err != nil {
 			return h, err
@@ -255,6 +278,34 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 			return h, err
 		}
 	}
+}
+
+func (l *EphemeralLock) newSession(ctx context.Context, h *hold, deadline time.Time) error {
+	sent := time.Now()
+	id, err := createSession(ctx, l.conn, sessionSpec{l.key, l.cfg.LockTimeout, l.cfg.LockDelay}, deadline)
+	if err != nil {
+		return err
+	}
+	h.session, h.expires = id, holdExpiry(sent, l.cfg.LockTimeout)
+	return nil
+}
+
+// freshen renews a waiting lock's session once half its TTL has passed, and
+// replaces it if Consul no longer knows it.
+func (l *EphemeralLock) freshen(ctx context.Context, h *hold, deadline time.Time) error {
+	ttl := l.cfg.LockTimeout
+	if time.Until(h.expires) > ttl/2 {
+		return nil
+	}
+	sent := time.Now()
+	switch err := renewSession(ctx, l.conn, h.session, deadline); {
+	case err == errSessionGone:
+		return l.newSession(ctx, h, deadline)
+	case err != nil:
+		return err
+	}
+	h.expires = holdExpiry(sent, ttl)
+	return nil
 }
 
 // giveBack releases the key and destroys the session. With a lock delay, the

@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -40,7 +41,7 @@ func (l *EphemeralLock) startWatch(ctx context.Context, h hold) {
 
 // watch reports a loss of h seen in Consul.
 func (l *EphemeralLock) watch(ctx context.Context, h hold) {
-	watchHeld(ctx, l.conn, l.key, h.session, h.token, func(reason string) { l.lose(h, reason) })
+	watchHeld(ctx, l.conn, l.key, h.session, h.token, l.lost, func(reason string) { l.lose(h, reason) })
 }
 
 // renew renews h's session until ctx ends, moving the local deadline on.
@@ -54,7 +55,7 @@ func (l *EphemeralLock) renew(ctx context.Context, h hold) {
 func (l *EphemeralLock) extend(h hold) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.state == stateHeld && l.hold.session == h.session && l.lostErr == nil {
+	if l.state == stateHeld && l.hold.session == h.session && !l.ended() {
 		l.hold.expires = h.expires
 		l.expiry.Reset(time.Until(h.expires))
 	}
@@ -70,13 +71,24 @@ func (l *EphemeralLock) lose(h hold, reason string) {
 	}
 	l.lostErr = fmt.Errorf("%w: %q (session %s, token %d): %s", ErrLockLost, l.key, h.session, h.token, reason)
 	l.endHold(true)
-	if l.onLost != nil {
-		l.onLost(l.lostErr)
+}
+
+// errReleased is the cause of Hold's context when the lock was released
+// while its function ran, by a Release from another goroutine.
+var errReleased = errors.New("consullock: lock released")
+
+// ended reports whether the hold has ended (Lost's channel is closed).
+func (l *EphemeralLock) ended() bool {
+	select {
+	case <-l.lost:
+		return true
+	default:
+		return false
 	}
 }
 
-// endHold stops renewing, and watching too when stopWatch is set, and
-// closes Lost's channel, once. l.mu is held.
+// endHold stops renewing, and watching too when stopWatch is set, closes
+// Lost's channel, once, and cancels Hold's context. l.mu is held.
 func (l *EphemeralLock) endHold(stopWatch bool) {
 	if l.expiry != nil {
 		l.expiry.Stop()
@@ -85,10 +97,16 @@ func (l *EphemeralLock) endHold(stopWatch bool) {
 			l.stopWatch()
 		}
 	}
-	select {
-	case <-l.lost:
-	default:
-		close(l.lost)
+	if l.ended() {
+		return
+	}
+	close(l.lost)
+	if l.onLost != nil {
+		cause := l.lostErr
+		if cause == nil {
+			cause = errReleased
+		}
+		l.onLost(cause)
 	}
 }
 

@@ -35,16 +35,16 @@ type sessionSpec struct {
 func createSession(ctx context.Context, c conn, spec sessionSpec, deadline time.Time) (string, error) {
 	name := "consullock: " + spec.key + " " + nonce()
 	var id string
-	failed := false
+	maybeStrays := false
 	err := retry(ctx, deadline, func() error {
 		var err error
 		id, err = createSessionOnce(ctx, c, name, spec)
-		// A request that was cut off, by the network or by ctx, may have
-		// created a session all the same.
-		failed = failed || transient(err) || (err != nil && ctx.Err() != nil)
+		// A request cut off by the network or by ctx may have created a
+		// session all the same.
+		maybeStrays = maybeStrays || !unapplied(err)
 		return err
 	})
-	if failed {
+	if maybeStrays {
 		destroyStrays(ctx, c, name, id)
 	}
 	if err != nil {
@@ -61,6 +61,13 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 		"TTL":       spec.ttl.String(),
 		"LockDelay": spec.lockDelay.String(),
 		"Behavior":  api.SessionBehaviorDelete,
+		// No health checks: the session lives by its TTL alone. With Consul's
+		// default serfHealth check, a holder whose agent is restarted or
+		// partitioned would lose the lock at once, without being able to
+		// hear of it before another session took the key; by TTL, its local
+		// deadline always comes first.
+		"Checks":     []string{},
+		"NodeChecks": []string{},
 	}
 	var out struct{ ID string }
 	if _, err := c.c.Raw().Write("/v1/session/create", body, &out, c.write(ctx)); err != nil {

@@ -21,19 +21,26 @@ type keyWatch struct {
 	conn     conn
 	key      string
 	deadline time.Time
-	retry    backoff // between queries that failed for a passing reason
+
+	// maxWait bounds one blocking query, and beforeQuery runs before each:
+	// a waiter whose session ages while it waits renews it there. Optional.
+	maxWait     time.Duration
+	beforeQuery func(ctx context.Context) error
 
 	index   uint64      // Consul index of the last answer; 0 asks without blocking
 	holder  *api.KVPair // the key as last seen held, for error messages
 	poll    time.Duration
-	sawFree bool // the last wait ended on a free key, yet the acquire failed
+	sawFree bool    // the last wait ended on a free key, yet the acquire failed
+	retry   backoff // between queries that failed for a passing reason
+	failing error   // the passing failure of the last query, if it failed
 }
 
 // errDeadline ends a wait whose acquire deadline passed.
 var errDeadline = errors.New("acquire deadline passed")
 
 // untilFree returns nil when the key may be free, errDeadline when the
-// deadline passed first, or ctx's error.
+// deadline passed first while the key was held, the last error when it
+// passed while Consul was failing, or ctx's error.
 func (w *keyWatch) untilFree(ctx context.Context) error {
 	if w.sawFree {
 		// The key looked free but the acquire failed: someone else won the
@@ -43,17 +50,21 @@ func (w *keyWatch) untilFree(ctx context.Context) error {
 	for {
 		pair, err := w.next(ctx)
 		if transient(err) {
+			w.failing = err
 			if ok, serr := w.retry.wait(ctx, w.deadline); serr != nil {
 				return serr
 			} else if !ok {
-				return errDeadline
+				return err
 			}
 			continue
+		}
+		if errors.Is(err, errDeadline) && w.failing != nil {
+			return w.failing
 		}
 		if err != nil {
 			return err
 		}
-		w.retry = backoff{}
+		w.retry, w.failing = backoff{}, nil
 		if pair == nil || pair.Session == "" {
 			return w.free(ctx)
 		}
@@ -77,15 +88,24 @@ func (w *keyWatch) free(ctx context.Context) error {
 // for is cut by that much to answer before the deadline; the context's
 // deadline is only the backstop.
 func (w *keyWatch) next(ctx context.Context) (*api.KVPair, error) {
+	if w.beforeQuery != nil {
+		if err := w.beforeQuery(ctx); err != nil {
+			return nil, err
+		}
+	}
 	left := time.Until(w.deadline)
 	if left <= 0 {
 		return nil, errDeadline
+	}
+	wait := left - left/16
+	if w.maxWait > 0 {
+		wait = min(wait, w.maxWait)
 	}
 	qctx, cancel := context.WithDeadline(ctx, w.deadline)
 	defer cancel()
 	pair, meta, err := w.conn.c.KV().Get(w.key, w.conn.query(qctx, api.QueryOptions{
 		WaitIndex: w.index,
-		WaitTime:  left - left/16,
+		WaitTime:  wait,
 	}))
 	switch {
 	case ctx.Err() != nil:

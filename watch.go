@@ -8,14 +8,23 @@ import (
 )
 
 // watchHeld follows a held key with consistent blocking queries, from the
-// index of the write that took it, until ctx ends or the hold ends. It calls
-// lost once, with the reason, when the key is gone or another session holds
-// it, and then returns. Errors are retried: the holder's local deadline, not
-// this watch, bounds how long Consul's silence is trusted.
-func watchHeld(ctx context.Context, c conn, key, session string, token uint64, lost func(reason string)) {
+// index of the write that took it, until ctx ends or the hold ends (done is
+// closed). It calls lost once, with the reason, when the key is gone or
+// another session holds it, and then returns. Errors are retried: the
+// holder's local deadline, not this watch, bounds how long Consul's silence
+// is trusted.
+//
+// A release deletes the key, which ends the watch's blocking query by itself;
+// cancelling it instead would cost its connection.
+func watchHeld(ctx context.Context, c conn, key, session string, token uint64, done <-chan struct{}, lost func(reason string)) {
 	index := token
 	var b backoff
 	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
 		pair, meta, err := c.c.KV().Get(key, c.query(ctx, api.QueryOptions{
 			WaitIndex:         index,
 			RequireConsistent: true,
@@ -39,14 +48,15 @@ func watchHeld(ctx context.Context, c conn, key, session string, token uint64, l
 	}
 }
 
-// renewEvery renews session every ttl/2 until ctx ends. Each renewal is
-// retried until expires, the local deadline, which moves on with every
-// renewal Consul confirms: renewed is called with the new deadline. gone is
-// called when Consul no longer knows the session; when the deadline passes
-// unconfirmed, renewEvery returns and the caller's timer reports the loss.
+// renewEvery renews session, half a TTL before each local deadline, until
+// ctx ends. Each renewal is retried until expires, the local deadline, which
+// moves on with every renewal Consul confirms: renewed is called with the new
+// deadline. gone is called when Consul no longer knows the session; when the
+// deadline passes unconfirmed, renewEvery returns and the caller's timer
+// reports the loss.
 func renewEvery(ctx context.Context, c conn, session string, ttl time.Duration, expires time.Time,
 	renewed func(expires time.Time), gone func()) {
-	for sleep(ctx, ttl/2) == nil {
+	for sleep(ctx, time.Until(expires.Add(-ttl/2))) == nil {
 		sent := time.Now()
 		switch err := renewSession(ctx, c, session, expires); {
 		case ctx.Err() != nil:
