@@ -26,11 +26,14 @@ type Config struct {
 	// holder has. Zero means a single attempt, as in python-consul-lock.
 	AcquireTimeout time.Duration
 
-	// LockTimeout is the lock's maximum lifespan: the TTL of the Consul
-	// session that holds it. A holder that never releases (a crash, a hang)
-	// loses the lock when Consul invalidates the session, which Consul may do
-	// at any time from LockTimeout to twice LockTimeout after the acquire.
-	// It must lie in [MinLockTimeout, MaxLockTimeout].
+	// LockTimeout is the lock's maximum lifespan. For an EphemeralLock it is
+	// the TTL of the Consul session that holds it: a holder that never
+	// releases (a crash, a hang) loses the lock when Consul invalidates the
+	// session, which Consul may do from LockTimeout after the session was
+	// created or last renewed (a waiting lock renews it, so that is at most
+	// LockTimeout/2 before the acquire) until about twice that; Lost fires
+	// first. For a Locker's lease it is enforced by the Locker, from the
+	// acquire. It must lie in [MinLockTimeout, MaxLockTimeout].
 	LockTimeout time.Duration
 
 	// LockDelay is how long Consul refuses the key to everyone after the

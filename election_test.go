@@ -42,12 +42,9 @@ func TestRidesOutLeaderElections(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
-				l := newLock(t, c, name, consullock.WithAcquireTimeout(acquireTimeout), consullock.WithLockTimeout(15*time.Second))
 				start := time.Now()
-				err := l.Hold(ctx, func(context.Context) error {
-					d.section(20 * time.Millisecond)
-					return nil
-				})
+				err := holdOnce(c, name, acquireTimeout, func() { d.section(20 * time.Millisecond) },
+					consullock.WithLockTimeout(15*time.Second))
 				if err == nil {
 					cycles.Add(1)
 					continue

@@ -7,7 +7,7 @@ import "errors"
 // callers test with errors.Is and log the message.
 var (
 	// ErrNotAcquired reports that another holder kept the lock for the whole
-	// acquire timeout. Nothing of the attempt is left in Consul.
+	// acquire timeout. The attempt's session has been destroyed.
 	ErrNotAcquired = errors.New("consullock: lock not acquired")
 
 	// ErrAlreadyUsed reports a second Acquire on a single-use lock.

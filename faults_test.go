@@ -1,14 +1,12 @@
 package consullock_test
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
 	"github.com/consullock/consullock/internal/faultproxy"
 )
@@ -41,11 +39,7 @@ func TestRetriesPassingFaults(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for range rounds {
-				l := newLock(t, c, lockName(t, "k"), consullock.WithAcquireTimeout(30*time.Second))
-				err := l.Hold(context.Background(), func(context.Context) error {
-					d.section(time.Millisecond)
-					return nil
-				})
+				err := holdOnce(c, lockName(t, "k"), 30*time.Second, func() { d.section(time.Millisecond) })
 				if err != nil {
 					t.Errorf("lock cycle through the fault proxy: %v", err)
 				}

@@ -79,6 +79,20 @@ func sessionsNamed(t testing.TB, c *api.Client, key string) int {
 	return n
 }
 
+// holdOnce runs section under a new EphemeralLock on name. Unlike newLock,
+// it may run on any goroutine: it reports errors instead of failing the test.
+func holdOnce(c *api.Client, name string, timeout time.Duration, section func(), opts ...consullock.Option) error {
+	l, err := consullock.NewEphemeralLock(name, append([]consullock.Option{
+		consullock.WithClient(c), consullock.WithAcquireTimeout(timeout)}, opts...)...)
+	if err != nil {
+		return err
+	}
+	return l.Hold(context.Background(), func(context.Context) error {
+		section()
+		return nil
+	})
+}
+
 // overlapDetector counts critical sections that ran at the same time.
 type overlapDetector struct {
 	inside   atomic.Int32

@@ -19,9 +19,9 @@ import (
 // key. While the lock is held, no other session can hold its key. By default
 // the session's TTL is the lock's maximum lifespan (Config.LockTimeout): the
 // guarantee lasts until Release, or until Consul invalidates the session once
-// LockTimeout has passed (at any time up to twice LockTimeout), whichever
-// comes first, and Lost tells the holder before Consul could give the key to
-// anyone else. With Config.Renew the session is renewed while the lock is
+// LockTimeout has passed since it was created or last renewed (at any time
+// up to about twice that), whichever comes first, and Lost tells the holder
+// before Consul could give the key to anyone else. With Config.Renew the session is renewed while the lock is
 // held, and LockTimeout only bounds how long a holder that died keeps it.
 //
 // The methods are safe for concurrent use. Release from another goroutine

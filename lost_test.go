@@ -164,3 +164,59 @@ func TestPutFencedRefusedAfterLoss(t *testing.T) {
 		t.Fatalf("fenced put to a bad key = %v, want ErrInvalidKey", err)
 	}
 }
+
+// A Release from another goroutine while Hold's function runs cancels the
+// function's context: the lock it relies on is gone.
+func TestReleaseDuringHoldCancelsFn(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	l := newLock(t, c, lockName(t, "k"))
+	running := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- l.Hold(context.Background(), func(ctx context.Context) error {
+			close(running)
+			select {
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			case <-time.After(5 * time.Second):
+				return errors.New("fn's context not cancelled within 5s of the Release")
+			}
+		})
+	}()
+	<-running
+	if err := l.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err == nil || errors.Is(err, consullock.ErrLockLost) {
+		t.Fatalf("Hold = %v, want the release as fn's cause (not a loss)", err)
+	}
+	if s := holderSession(t, c, l.Key()); s != "" {
+		t.Fatalf("key held by %s after Release", s)
+	}
+}
+
+// A fenced write by a lock that is not held (released, or never acquired)
+// is refused locally, even when the key exists without a holder.
+func TestPutFencedRefusedWhenNotHeld(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	l := newLock(t, c, lockName(t, "k"))
+	data := "locks/data/" + lockName(t, "d")
+	// The lock's key exists, unlocked: a check for an empty session would pass.
+	if _, err := c.KV().Put(&api.KVPair{Key: l.Key(), Value: []byte("x")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.KV().Delete(l.Key(), nil); c.KV().Delete(data, nil) })
+	if err := l.PutFenced(ctx, data, []byte("v")); !errors.Is(err, consullock.ErrLockLost) {
+		t.Fatalf("fenced put by a lock never acquired = %v, want ErrLockLost", err)
+	}
+	ok, _, _, err := c.KV().Txn(api.KVTxnOps{l.CheckOp(), {Verb: api.KVSet, Key: data, Value: []byte("v")}}, nil)
+	if err != nil || ok {
+		t.Fatalf("a transaction guarded by CheckOp of a lock not held applied (ok %v, err %v)", ok, err)
+	}
+	if pair, _, _ := c.KV().Get(data, nil); pair != nil {
+		t.Fatal("a refused fenced write landed")
+	}
+}

@@ -100,3 +100,33 @@ func TestNoRenewalAfterLoss(t *testing.T) {
 		t.Fatalf("Release after the loss: %v", err)
 	}
 }
+
+// A waiter whose wait outlasts twice its session's TTL still gets a lock with
+// its lifespan ahead: the session is renewed while it waits.
+func TestLongWaitKeepsTheSessionFresh(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	const ttl = consullock.MinLockTimeout
+	name := lockName(t, "k")
+	holder := mustAcquire(t, c, name, consullock.WithLockTimeout(ttl), consullock.WithRenewal())
+	waiter := newLock(t, c, name, consullock.WithLockTimeout(ttl), consullock.WithRenewal(), consullock.WithAcquireTimeout(time.Minute))
+	releaseAtEnd(t, waiter)
+	errc := make(chan error, 1)
+	go func() { errc <- waiter.Acquire(context.Background()) }()
+	select {
+	case err := <-errc:
+		t.Fatalf("waiter returned while the lock was held: %v", err)
+	case <-time.After(2*ttl + 2*time.Second): // longer than Consul keeps an unrenewed session
+	}
+	if err := holder.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("acquire after a long wait: %v", err)
+	}
+	select {
+	case <-waiter.Lost():
+		t.Fatalf("lock lost at once after a long wait: %v", waiter.Err())
+	case <-time.After(ttl):
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -120,8 +121,12 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	err = newLock(t, untrusting, lockName(t, "k")).Acquire(ctx)
+	start := time.Now()
+	err = newLock(t, untrusting, lockName(t, "k"), consullock.WithAcquireTimeout(10*time.Second)).Acquire(ctx)
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("Acquire through a client that does not trust the CA = %v, want a certificate error", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("a certificate error took %v to report: it must not be retried as if it would pass", took)
 	}
 }

@@ -7,8 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"testing"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"

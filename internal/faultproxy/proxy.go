@@ -43,11 +43,12 @@ type Proxy struct {
 	transport *http.Transport
 	forward   *httputil.ReverseProxy
 
-	mu      sync.Mutex
-	rate    float64
-	kinds   []Fault
-	latency time.Duration
-	counts  map[Fault]int
+	mu       sync.Mutex
+	rate     float64
+	kinds    []Fault
+	latency  time.Duration
+	counts   map[Fault]int
+	blocking int
 }
 
 // Start listens on a free loopback port and forwards to the agent at
@@ -105,19 +106,33 @@ func (p *Proxy) Close() error {
 	return err
 }
 
-func (p *Proxy) draw() (Fault, time.Duration) {
+func (p *Proxy) draw(r *http.Request) (Fault, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f := Pass
 	if len(p.kinds) > 0 && rand.Float64() < p.rate {
 		f = p.kinds[rand.IntN(len(p.kinds))]
 	}
+	if f == ResetAfter && r.Method == http.MethodGet {
+		f = ResetBefore // a blocking query could hold the reset for minutes
+	}
+	if idx := r.URL.Query().Get("index"); idx != "" && idx != "0" {
+		p.blocking++
+	}
 	p.counts[f]++
 	return f, p.latency
 }
 
+// BlockingQueries returns how many blocking queries (GETs with an index)
+// reached the proxy so far.
+func (p *Proxy) BlockingQueries() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blocking
+}
+
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
-	fault, latency := p.draw()
+	fault, latency := p.draw(r)
 	if latency > 0 {
 		select {
 		case <-time.After(latency):
@@ -135,10 +150,6 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	case ResetBefore:
 		reset(w)
 	case ResetAfter:
-		if r.Method == http.MethodGet { // a blocking query could hold the reset for minutes
-			reset(w)
-			return
-		}
 		p.applyThenReset(w, r)
 	}
 }
