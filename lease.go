@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -11,16 +12,16 @@ import (
 // Lease is one lock held through a Locker, from Acquire until Release or a
 // loss. Its methods are safe for concurrent use.
 type Lease struct {
-	s       *sharedSession
-	key     string
-	token   uint64
-	leave   func() // passes the local turn on the key to the next goroutine
-	lost    chan struct{}
-	watch   sync.Once
-	maxLife interface{ Stop() bool }
+	s     *sharedSession
+	key   string
+	token uint64
+	slot  *keySlot // the Locker's local queue for the key
+	lost  chan struct{}
+	watch sync.Once
 
 	mu      sync.Mutex
-	done    bool // released or lost
+	maxLife *time.Timer // gives the key back when the maximum lifespan passes
+	done    bool        // released or lost
 	lostErr error
 	onLost  func(error)
 }
@@ -59,9 +60,12 @@ func (l *Lease) Err() error {
 }
 
 // Release gives the lock back in one consensus write that deletes the key
-// only while this Locker's session holds it. It is idempotent; after a loss
-// it does nothing. A failed Release may be retried; if it is not, the
-// Locker gives the key back when its maximum lifespan passes.
+// only while this Locker's session holds it, or, when another goroutine of
+// the Locker waits for the key, hands it over without a write (see Locker). Like EphemeralLock.Release it
+// completes even when ctx is already cancelled, trying for up to 10 s. It is
+// idempotent; after a loss it does nothing. A failed Release may be retried;
+// if it is not, the Locker gives the key back when its maximum lifespan
+// passes.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
 	done := l.done
@@ -69,7 +73,13 @@ func (l *Lease) Release(ctx context.Context) error {
 	if done {
 		return nil
 	}
-	if err := deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id); err != nil {
+	if l.s.lk.handOff(l.slot, l.s) { // the next local holder takes the key as it is
+		l.finish(nil)
+		return nil
+	}
+	rctx, cancel := detached(ctx)
+	defer cancel()
+	if err := deleteIfHeld(rctx, l.s.lk.conn, l.key, l.s.id); err != nil {
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
 	l.finish(nil)
@@ -126,14 +136,14 @@ func (l *Lease) finish(err error) {
 		return
 	}
 	l.done, l.lostErr = true, err
-	notify := l.onLost
+	notify, maxLife := l.onLost, l.maxLife
 	l.mu.Unlock()
-	if l.maxLife != nil {
-		l.maxLife.Stop()
+	if maxLife != nil {
+		maxLife.Stop()
 	}
 	close(l.lost)
 	l.s.unregister(l)
-	l.leave()
+	l.s.lk.leave(l.key, l.slot, true)
 	if notify != nil {
 		if err == nil {
 			err = errReleased

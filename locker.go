@@ -16,8 +16,10 @@ import (
 // session of its own, costs three.
 //
 // Goroutines of one Locker that want the same key queue for it locally, in
-// arrival order, and only the first of them contends in Consul: a released
-// key goes to the next local waiter at once, and waiters cost Consul nothing.
+// arrival order, and only the first of them contends in Consul: waiters cost
+// Consul nothing, and a released key goes to the next local waiter at once,
+// for one write (see turn.go); after 16 such handoffs in a row the key is
+// given back in Consul, so that other processes get their turn.
 //
 // Each lock's maximum lifespan (Config.LockTimeout) is enforced by the
 // Locker, which gives the key back when it passes; the session's TTL
@@ -39,12 +41,6 @@ type Locker struct {
 }
 
 var errLockerClosed = errors.New("the Locker is closed")
-
-// keySlot queues the Locker's goroutines that want one key.
-type keySlot struct {
-	turn chan struct{} // holds a token while a goroutine has the turn
-	refs int
-}
 
 // NewLocker builds a Locker. It validates every setting and talks to no one;
 // the session is created by the first Acquire.
@@ -73,16 +69,15 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 		return nil, err
 	}
 	deadline := deadlineAfter(lk.cfg.AcquireTimeout)
-	leave, err := lk.takeTurn(ctx, key, deadline)
+	slot, err := lk.takeTurn(ctx, key, deadline)
 	if err != nil {
 		return nil, err
 	}
-	lease, err := lk.contend(ctx, key, deadline)
+	lease, err := lk.contend(ctx, key, slot, deadline)
 	if err != nil {
-		leave()
+		lk.leave(key, slot, true)
 		return nil, fmt.Errorf("consullock: acquire %q: %w", key, err)
 	}
-	lease.leave = leave
 	return lease, nil
 }
 
@@ -128,53 +123,10 @@ func (lk *Locker) Close(ctx context.Context) error {
 	return nil
 }
 
-// takeTurn waits for the local turn on key: only one goroutine of the
-// Locker contends for a key in Consul at a time, and keeps the turn while it
-// holds the lock.
-func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) (leave func(), err error) {
-	lk.mu.Lock()
-	if lk.closed {
-		lk.mu.Unlock()
-		return nil, fmt.Errorf("consullock: %w", errLockerClosed)
-	}
-	slot := lk.slots[key]
-	if slot == nil {
-		slot = &keySlot{turn: make(chan struct{}, 1)}
-		lk.slots[key] = slot
-	}
-	slot.refs++
-	lk.mu.Unlock()
-	unref := func() {
-		lk.mu.Lock()
-		defer lk.mu.Unlock()
-		if slot.refs--; slot.refs == 0 {
-			delete(lk.slots, key)
-		}
-	}
-	turn := func() { <-slot.turn; unref() }
-	select { // a free turn is taken even with no time left to wait
-	case slot.turn <- struct{}{}:
-		return turn, nil
-	default:
-	}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	select {
-	case slot.turn <- struct{}{}:
-		return turn, nil
-	case <-ctx.Done():
-		unref()
-		return nil, context.Cause(ctx)
-	case <-timer.C:
-		unref()
-		return nil, fmt.Errorf("%w: %q held by this process for the whole acquire timeout (%v)", ErrNotAcquired, key, lk.cfg.AcquireTimeout)
-	}
-}
-
 // contend takes key with the Locker's session, waiting on blocking queries
 // while another session holds it. A session that Consul no longer knows is
 // replaced once.
-func (lk *Locker) contend(ctx context.Context, key string, deadline time.Time) (*Lease, error) {
+func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time) (*Lease, error) {
 	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline}
 	for replaced := false; ; {
 		s, err := lk.session(ctx, deadline)
@@ -191,7 +143,8 @@ func (lk *Locker) contend(ctx context.Context, key string, deadline time.Time) (
 		case err != nil:
 			return nil, err
 		case token != 0:
-			return s.register(key, token, acquiredAt)
+			lk.took(slot)
+			return s.register(key, slot, token, acquiredAt)
 		}
 		switch err := w.untilFree(ctx); {
 		case errors.Is(err, errDeadline):

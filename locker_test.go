@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,4 +302,65 @@ func raftIndex(t *testing.T, c *api.Client) uint64 {
 		t.Fatalf("raft last_log_index: %v", err)
 	}
 	return n
+}
+
+// Goroutines of one Locker hand the key to each other with one write per
+// cycle, tokens still increase, and waiters that give up at any moment leave
+// no key behind.
+func TestLockerLocalHandoffs(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	c := consultest.ClientOf(t, agent)
+	lk := newLocker(t, c, consullock.WithAcquireTimeout(time.Minute))
+	if l, err := lk.Acquire(context.Background(), "warm-up"); err == nil {
+		l.Release(context.Background())
+	}
+	const workers, rounds = 6, 100
+	var d overlapDetector
+	var mu sync.Mutex
+	var tokens []uint64
+	var gaveUp atomic.Int32
+	before := raftIndex(t, c)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range rounds {
+				ctx := context.Background()
+				if w%2 == 1 { // half the workers give up at random moments
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, time.Duration(i%4)*time.Millisecond)
+					defer cancel()
+				}
+				l, err := lk.Acquire(ctx, "k")
+				if err != nil {
+					gaveUp.Add(1)
+					continue
+				}
+				d.section(0)
+				mu.Lock()
+				tokens = append(tokens, l.Token())
+				mu.Unlock()
+				if err := l.Release(context.Background()); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	writes := float64(raftIndex(t, c)-before) / float64(len(tokens))
+	if d.overlaps.Load() != 0 {
+		t.Fatalf("%d overlaps", d.overlaps.Load())
+	}
+	for i := 1; i < len(tokens); i++ {
+		if tokens[i] <= tokens[i-1] {
+			t.Fatalf("token %d after %d: fencing tokens must increase across local handoffs", tokens[i], tokens[i-1])
+		}
+	}
+	consultest.Eventually(t, 5*time.Second, "no key left held after every worker is done", func() bool {
+		return holderSession(t, c, "locks/ephemeral/k") == ""
+	})
+	t.Logf("%d cycles (%d gave up): %.2f consensus writes per cycle", len(tokens), gaveUp.Load(), writes)
+	if writes >= 1.8 {
+		t.Fatalf("%.2f writes per cycle with local waiters, want well under 2", writes)
+	}
 }

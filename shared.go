@@ -69,15 +69,17 @@ func (s *sharedSession) end(err error) {
 
 // register records a key just taken with the session as a lease, and starts
 // the clock of its maximum lifespan.
-func (s *sharedSession) register(key string, token uint64, acquiredAt time.Time) (*Lease, error) {
-	l := &Lease{s: s, key: key, token: token, lost: make(chan struct{})}
+func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquiredAt time.Time) (*Lease, error) {
+	l := &Lease{s: s, key: key, slot: slot, token: token, lost: make(chan struct{})}
 	s.lk.mu.Lock()
 	defer s.lk.mu.Unlock()
 	if s.lostErr != nil {
 		return nil, s.lostErr
 	}
 	s.leases[l] = struct{}{}
+	l.mu.Lock() // the timer may fire before the assignment is done
 	l.maxLife = time.AfterFunc(time.Until(acquiredAt.Add(s.lk.cfg.LockTimeout)), l.expire)
+	l.mu.Unlock()
 	return l, nil
 }
 

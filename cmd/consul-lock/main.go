@@ -6,6 +6,7 @@
 //	consul-lock release [-yes] KEY                      force-release a lock
 //	consul-lock dev                                     a local Consul for trying it out
 //	consul-lock demo                                    watch processes take turns
+//	consul-lock bench                                   measure, side by side with consul/api
 //
 // Run `consul-lock COMMAND -h` for a command's flags and examples. Locks are
 // the keys of the library's EphemeralLock (locks/ephemeral/KEY), so Go
@@ -53,6 +54,7 @@ var commands = []command{
 	{"release", "force-release a lock whose holder is gone", runRelease},
 	{"dev", "run the pinned Consul as a local dev agent until interrupted", runDev},
 	{"demo", "watch processes take turns on one lock", runDemo},
+	{"bench", "measure lock cycles against consul/api's Lock and the raw-KV floor", runBench},
 }
 
 func main() {

@@ -1,0 +1,50 @@
+package consullock_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/consullock/consullock/internal/bench"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+// BenchmarkCycle is one uncontended lock cycle (acquire and release) of each
+// implementation, against the same agent. consul-lock bench reports the same
+// figures as ratios.
+func BenchmarkCycle(b *testing.B) {
+	c := consultest.Client(b)
+	for _, impl := range bench.Impls() {
+		b.Run(impl.Name, func(b *testing.B) {
+			res, err := bench.Run(context.Background(), c, impl, fmt.Sprintf("bench-cycle-%d", b.N), 1, b.N, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(ms(res.P50), "p50-ms")
+			b.ReportMetric(ms(res.P99), "p99-ms")
+		})
+	}
+	bench.Cleanup(context.Background(), c)
+}
+
+// BenchmarkContended is the throughput of workers contending for one key,
+// and the handoff from a holder's release to the next holder's acquire.
+func BenchmarkContended(b *testing.B) {
+	c := consultest.Client(b)
+	for _, workers := range []int{4, 16} {
+		for _, impl := range bench.Impls()[1:] { // the raw floor is no lock
+			b.Run(fmt.Sprintf("%s/workers=%d", impl.Name, workers), func(b *testing.B) {
+				res, err := bench.Run(context.Background(), c, impl, fmt.Sprintf("bench-contended-%d-%d", workers, b.N), workers, b.N, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(res.PerSecond, "cycles/s")
+				b.ReportMetric(ms(res.HandoffP50), "handoff-p50-ms")
+			})
+		}
+	}
+	bench.Cleanup(context.Background(), c)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
