@@ -20,6 +20,9 @@ import (
 // Impl is one way of taking and giving back a lock.
 type Impl struct {
 	Name string
+	// Shared makes all workers use the cycle of one New: goroutines of one
+	// process sharing one lock client, rather than one client per worker.
+	Shared bool
 	// New returns the cycle function of one worker (a process, in effect)
 	// and a function that frees what the worker holds.
 	New func(c *api.Client) (cycle func(ctx context.Context, key string, inside func()) error, done func(), err error)
@@ -28,8 +31,12 @@ type Impl struct {
 // Impls are the implementations compared. The raw floor is no lock: two KV
 // writes, what any lock must at least cost.
 func Impls() []Impl {
-	return []Impl{RawFloor, Locker, Ephemeral, ConsulAPI}
+	return []Impl{RawFloor, LockerShared, Locker, Ephemeral, ConsulAPI}
 }
+
+// LockerShared is one consullock Locker shared by all workers, as the
+// goroutines of one process use it.
+var LockerShared = Impl{Name: "consullock Locker, shared", Shared: true, New: Locker.New}
 
 // RawFloor is two raw KV PUTs: the cost of one consensus write to take a
 // lock and one to give it back.
@@ -45,8 +52,8 @@ var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client) (fun
 	}, func() {}, nil
 }}
 
-// Locker is consullock's Locker, one per worker.
-var Locker = Impl{Name: "consullock Locker", New: func(c *api.Client) (func(context.Context, string, func()) error, func(), error) {
+// Locker is consullock's Locker, one per worker, as separate processes use it.
+var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Client) (func(context.Context, string, func()) error, func(), error) {
 	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute))
 	if err != nil {
 		return nil, nil, err
@@ -178,10 +185,22 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 	var wg sync.WaitGroup
 	start := time.Now()
 	var end atomic.Int64 // unix nanos when a timed run's clock stopped
-	for range workers {
+	var shared func(context.Context, string, func()) error
+	if impl.Shared {
 		cycle, done, err := impl.New(c)
 		if err != nil {
 			return res, err
+		}
+		defer done()
+		shared = cycle
+	}
+	for range workers {
+		cycle, done := shared, func() {}
+		if shared == nil {
+			var err error
+			if cycle, done, err = impl.New(c); err != nil {
+				return res, err
+			}
 		}
 		wg.Go(func() {
 			defer done()
