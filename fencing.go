@@ -51,6 +51,26 @@ func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session 
 	return 0, nil
 }
 
+// releaseKey gives back a key taken with token: one DELETE ?cas=token, which
+// applies only if the key is still as the acquiring write left it, and
+// which Consul serves faster than a transaction. If the key changed since (an
+// operator wrote to it), it falls back to deleteIfHeld. A key already gone
+// counts as released.
+func releaseKey(ctx context.Context, c conn, key, session string, token uint64) error {
+	var deleted bool
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
+		deleted, _, err = c.c.KV().DeleteCAS(&api.KVPair{Key: key, ModifyIndex: token}, c.write(ctx))
+		return err
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("delete key: %w", explain(err))
+	case deleted:
+		return nil
+	}
+	return deleteIfHeld(ctx, c, key, session)
+}
+
 // deleteIfHeld deletes key in one transaction that applies only while
 // session holds it. A key no longer held by session is left alone.
 func deleteIfHeld(ctx context.Context, c conn, key, session string) error {

@@ -73,13 +73,13 @@ func (l *Lease) Release(ctx context.Context) error {
 	if done {
 		return nil
 	}
-	if l.s.lk.handOff(l.slot, l.s) { // the next local holder takes the key as it is
+	if l.s.lk.handOff(l.slot, l.s, l.token) { // the next local holder takes the key as it is
 		l.finish(nil)
 		return nil
 	}
 	rctx, cancel := detached(ctx)
 	defer cancel()
-	if err := deleteIfHeld(rctx, l.s.lk.conn, l.key, l.s.id); err != nil {
+	if err := releaseKey(rctx, l.s.lk.conn, l.key, l.s.id, l.token); err != nil {
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
 	l.finish(nil)

@@ -145,7 +145,7 @@ func (l *EphemeralLock) tryAcquire(ctx context.Context, onLost context.CancelCau
 		// Cancelled, by the caller or by Release, just as the key was won:
 		// give it back rather than report a lock Release took for not held.
 		rctx, cancel := detached(ctx)
-		l.giveBack(rctx, h.session)
+		l.giveBack(rctx, h.session, h.token)
 		cancel()
 		h.token, err = 0, context.Cause(ctx)
 	}
@@ -186,7 +186,7 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 	l.stopRenew()
 	rctx, cancel := detached(ctx)
 	defer cancel()
-	if err := l.giveBack(rctx, l.hold.session); err != nil {
+	if err := l.giveBack(rctx, l.hold.session, l.hold.token); err != nil {
 		l.endHold(true)
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
@@ -313,9 +313,9 @@ func (l *EphemeralLock) freshen(ctx context.Context, h *hold, deadline time.Time
 // destroying a session that still holds a key imposes the lock delay on the
 // next holder. Without one, destroying the session deletes the key in the same
 // consensus write.
-func (l *EphemeralLock) giveBack(ctx context.Context, session string) error {
+func (l *EphemeralLock) giveBack(ctx context.Context, session string, token uint64) error {
 	if l.cfg.LockDelay > 0 {
-		if err := deleteIfHeld(ctx, l.conn, l.key, session); err != nil {
+		if err := releaseKey(ctx, l.conn, l.key, session, token); err != nil {
 			return err
 		}
 	}

@@ -23,6 +23,7 @@ type keySlot struct {
 	turn   chan struct{} // holds a token while a goroutine has the turn
 	refs   int           // goroutines that have or wait for the turn
 	kept   string        // session that kept the key for the next holder, if any
+	token  uint64        // the kept key's last fencing token
 	streak int           // handoffs in a row
 }
 
@@ -61,11 +62,11 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 
 // handOff decides, at a release, whether to keep the key for the next
 // local waiter instead of giving it back in Consul.
-func (lk *Locker) handOff(slot *keySlot, s *sharedSession) bool {
+func (lk *Locker) handOff(slot *keySlot, s *sharedSession, token uint64) bool {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
 	if slot.refs > 1 && slot.streak < maxHandoffs && s.lostErr == nil && lk.sess == s {
-		slot.kept = s.id
+		slot.kept, slot.token = s.id, token
 		slot.streak++
 		return true
 	}
@@ -89,15 +90,15 @@ func (lk *Locker) leave(key string, slot *keySlot, hadTurn bool) {
 	}
 	lk.mu.Lock()
 	slot.refs--
-	orphan := ""
+	orphan, token := "", uint64(0)
 	if slot.refs == 0 {
 		delete(lk.slots, key)
-		orphan, slot.kept = slot.kept, ""
+		orphan, token, slot.kept = slot.kept, slot.token, ""
 	}
 	lk.mu.Unlock()
 	if orphan != "" {
 		ctx, cancel := detached(context.Background())
 		defer cancel()
-		deleteIfHeld(ctx, lk.conn, key, orphan)
+		releaseKey(ctx, lk.conn, key, orphan, token)
 	}
 }

@@ -22,7 +22,6 @@ type Holder struct {
 // {"locked_at": "2006-01-02 15:04:05.000000"} in local time, with the holder's
 // host name and process id added.
 func DefaultValue() []byte {
-	host, _ := os.Hostname()
 	b, _ := json.Marshal(Holder{
 		LockedAt: time.Now().Format(pythonTime),
 		Host:     host,
@@ -30,6 +29,10 @@ func DefaultValue() []byte {
 	})
 	return b
 }
+
+// host is looked up once, when the package is initialised, not on every
+// acquire; it is never changed.
+var host, _ = os.Hostname()
 
 // ParseHolder decodes a lock value written by consullock or by
 // python-consul-lock. Unknown fields are ignored; a value that is not a JSON

@@ -13,7 +13,7 @@ var palette = []string{"#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#
 // PlotSVG draws the latency distributions of results as cumulative
 // distribution curves on a logarithmic time axis, one curve per result.
 func PlotSVG(w io.Writer, title string, results []Result) error {
-	const width, height, left, right, top, bottom = 900, 520, 70, 260, 40, 50
+	const width, height, left, right, top, bottom = 1040, 520, 70, 360, 40, 50
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, r := range results {
 		if len(r.Latencies) == 0 {
@@ -38,7 +38,7 @@ func PlotSVG(w io.Writer, title string, results []Result) error {
 		fmt.Fprintf(w, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/><text x="%.1f" y="%d" text-anchor="middle">%g ms</text>`+"\n",
 			x(d), top, x(d), height-bottom, x(d), height-bottom+18, d)
 	}
-	for _, q := range []float64{0, 0.5, 0.99, 1} {
+	for _, q := range []float64{0, 0.5, 0.9, 0.99} {
 		fmt.Fprintf(w, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">p%g</text>`+"\n",
 			left, y(q), width-right, y(q), left-6, y(q)+4, q*100)
 	}
