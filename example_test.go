@@ -157,3 +157,29 @@ func (s *fencedStore) write(token uint64, value string) error {
 	s.highest, s.value = token, value
 	return nil
 }
+
+// A Locker shares one Consul session among all the locks of a process: a
+// lock cycle is two consensus writes, and its goroutines that want the same
+// key queue for it in the process.
+func ExampleLocker_Hold() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	locker, err := consullock.NewLocker(consullock.WithClient(client),
+		consullock.WithAcquireTimeout(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	defer locker.Close(ctx)
+
+	err = locker.Hold(ctx, "billing/invoice-42", func(ctx context.Context) error {
+		fmt.Println("charging invoice 42, once in the whole cluster")
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output: charging invoice 42, once in the whole cluster
+}

@@ -152,3 +152,24 @@ func TestDevStartsAndStopsAnAgent(t *testing.T) {
 		t.Fatalf("the dev agent at %s still answers after dev exited", addr)
 	}
 }
+
+// `consul-lock bench` runs every case against the agent and reports them.
+func TestBenchReportsEveryCase(t *testing.T) {
+	t.Parallel()
+	r := cli(t, "bench", "-cycles", "5", "-workers", "2", "-duration", "300ms", "-json")
+	if r.code != 0 {
+		t.Fatalf("bench exited %d: %s", r.code, r.errOut)
+	}
+	var report benchReport
+	if err := json.Unmarshal([]byte(r.out), &report); err != nil {
+		t.Fatalf("bench -json printed %q: %v", r.out, err)
+	}
+	if len(report.Uncontended) != 5 || len(report.Contended) != 4 {
+		t.Fatalf("%d uncontended and %d contended results, want 5 and 4", len(report.Uncontended), len(report.Contended))
+	}
+	for _, x := range append(report.Uncontended, report.Contended...) {
+		if x.Cycles == 0 || x.P50 <= 0 || x.PerSecond <= 0 {
+			t.Errorf("%s with %d workers measured nothing: %+v", x.Impl, x.Workers, x)
+		}
+	}
+}
