@@ -220,3 +220,21 @@ func TestExecSIGINTLeavesNothingBehind(t *testing.T) {
 	}
 	assertGone(t, c, key)
 }
+
+// -max-hold stops the command and releases the lock when it runs out, and
+// exec exits 124, as timeout(1) does.
+func TestExecMaxHold(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+	cmd, pid := startExec(t, "sleep 60", "-max-hold", "500ms", "-grace", "1s", key)
+	start := time.Now()
+	code := cmd.wait(t, 10*time.Second)
+	if code != exitMaxHold || time.Since(start) > 3*time.Second {
+		t.Fatalf("exec -max-hold 500ms exited %d after %v, want %d soon after 500ms (stderr: %s)", code, time.Since(start), exitMaxHold, cmd.errOut)
+	}
+	if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+		t.Fatalf("command (pid %d) still alive after -max-hold ran out", pid)
+	}
+	assertGone(t, c, key)
+}
