@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/consullock/consullock/internal/consultest"
 	"github.com/consullock/consullock/internal/faultproxy"
 )
@@ -19,19 +17,8 @@ func TestRetriesPassingFaults(t *testing.T) {
 	t.Parallel()
 	agent := consultest.DevAgent(t)
 	direct := consultest.ClientOf(t, agent)
-	proxy, err := faultproxy.Start(agent.HTTPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	c, proxy := proxiedClient(t, agent.HTTPAddr())
 	proxy.SetFaults(0.2, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = proxy.Addr()
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cfg.Transport.CloseIdleConnections)
 
 	const workers, rounds = 4, 25
 	var d overlapDetector

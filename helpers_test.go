@@ -11,6 +11,7 @@ import (
 
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/faultproxy"
 )
 
 func TestMain(m *testing.M) { consultest.Main(m) }
@@ -91,6 +92,25 @@ func holdOnce(c *api.Client, name string, timeout time.Duration, section func(),
 		section()
 		return nil
 	})
+}
+
+// proxiedClient returns a client that reaches the agent at addr through a
+// fault proxy, and the proxy; both are closed when the test ends.
+func proxiedClient(t *testing.T, addr string) (*api.Client, *faultproxy.Proxy) {
+	t.Helper()
+	proxy, err := faultproxy.Start(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = proxy.Addr()
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	return c, proxy
 }
 
 // overlapDetector counts critical sections that ran at the same time.

@@ -115,7 +115,7 @@ func TestWaiterTakesReleasedLockPromptly(t *testing.T) {
 	holder := mustAcquire(t, c, name)
 
 	// The waiter goes through a proxy that counts its blocking queries.
-	proxied, proxy := faultyClient(t)
+	proxied, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
 	waiter := newLock(t, proxied, name, consullock.WithAcquireTimeout(30*time.Second))
 	releaseAtEnd(t, waiter)
 	acquired := make(chan time.Time, 1)

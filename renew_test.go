@@ -6,31 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
 	"github.com/consullock/consullock/internal/faultproxy"
 )
-
-// faultyClient returns a client that reaches the shared agent through a
-// fault proxy.
-func faultyClient(t *testing.T) (*api.Client, *faultproxy.Proxy) {
-	t.Helper()
-	proxy, err := faultproxy.Start(consultest.Shared(t).HTTPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = proxy.Addr()
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	return c, proxy
-}
 
 // With renewal, a lock outlives twice its LockTimeout, after which Consul
 // would have freed an unrenewed one, although half the requests of the
@@ -38,7 +17,7 @@ func faultyClient(t *testing.T) (*api.Client, *faultproxy.Proxy) {
 func TestRenewalKeepsTheLockPastItsTTL(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
-	faulty, proxy := faultyClient(t)
+	faulty, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
 	const ttl = consullock.MinLockTimeout
 	l := mustAcquire(t, faulty, lockName(t, "k"), consullock.WithLockTimeout(ttl), consullock.WithRenewal())
 	proxy.SetFaults(0.5, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
@@ -59,7 +38,7 @@ func TestRenewalKeepsTheLockPastItsTTL(t *testing.T) {
 func TestLostWhenCutOffBeforeConsulFreesTheKey(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
-	faulty, proxy := faultyClient(t)
+	faulty, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
 	const ttl = consullock.MinLockTimeout
 	l := mustAcquire(t, faulty, lockName(t, "k"), consullock.WithLockTimeout(ttl), consullock.WithRenewal())
 	proxy.SetFaults(1, faultproxy.ResetBefore)

@@ -25,22 +25,11 @@ func runRelease(ctx context.Context, args []string, s stdio) error {
 	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
 		return err
 	}
-	key, err := keyOf(*pattern, fs.Arg(0))
+	c, info, err := lookup(ctx, &conn, *pattern, fs.Arg(0))
 	if err != nil {
 		return err
 	}
-	c, err := conn.client(ctx)
-	if err != nil {
-		return err
-	}
-	pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return exitError{exitUnavailable, err.Error()}
-	}
-	info, err := describe(ctx, c, pair, key)
-	if err != nil {
-		return exitError{exitUnavailable, err.Error()}
-	}
+	key := info.Key
 	if !info.Held {
 		fmt.Fprintf(s.out, "%s is not held: nothing to release\n", key)
 		return nil

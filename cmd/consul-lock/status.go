@@ -65,21 +65,9 @@ func runStatus(ctx context.Context, args []string, s stdio) error {
 	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
 		return err
 	}
-	key, err := keyOf(*pattern, fs.Arg(0))
+	_, info, err := lookup(ctx, &conn, *pattern, fs.Arg(0))
 	if err != nil {
 		return err
-	}
-	c, err := conn.client(ctx)
-	if err != nil {
-		return err
-	}
-	pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return exitError{exitUnavailable, err.Error()}
-	}
-	info, err := describe(ctx, c, pair, key)
-	if err != nil {
-		return exitError{exitUnavailable, err.Error()}
 	}
 	if *asJSON {
 		printJSON(s.out, info)
@@ -137,6 +125,29 @@ func runList(ctx context.Context, args []string, s stdio) error {
 	return tw.Flush()
 }
 
+// lookup connects and reads what Consul knows of lock name.
+func lookup(ctx context.Context, conn *connFlags, pattern, name string) (*api.Client, lockInfo, error) {
+	key, err := keyOf(pattern, name)
+	if err != nil {
+		return nil, lockInfo{}, err
+	}
+	c, err := conn.client(ctx)
+	if err != nil {
+		return nil, lockInfo{}, err
+	}
+	pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, lockInfo{}, exitError{exitUnavailable, err.Error()}
+	}
+	info, err := describe(ctx, c, pair, key)
+	if err != nil {
+		return nil, lockInfo{}, exitError{exitUnavailable, err.Error()}
+	}
+	return c, info, nil
+}
+
+// keyOf is the Consul key of lock name; the lock is built only to apply
+// the library's validation, and talks to no one.
 func keyOf(pattern, name string) (string, error) {
 	l, err := consullock.NewEphemeralLock(name, consullock.WithKeyPattern(pattern), consullock.WithClient(&api.Client{}))
 	if err != nil {
