@@ -2,6 +2,7 @@ package consullock_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,7 +15,12 @@ import (
 	"github.com/consullock/consullock/internal/faultproxy"
 )
 
-func TestMain(m *testing.M) { consultest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(holderEnv) != "" { // this test binary, started as a holder process
+		os.Exit(runHolder())
+	}
+	consultest.Main(m)
+}
 
 // lockName gives each test a lock name of its own, so parallel tests never
 // share a key by accident.

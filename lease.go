@@ -12,12 +12,13 @@ import (
 // Lease is one lock held through a Locker, from Acquire until Release or a
 // loss. Its methods are safe for concurrent use.
 type Lease struct {
-	s     *sharedSession
-	key   string
-	token uint64
-	slot  *keySlot // the Locker's local queue for the key
-	lost  chan struct{}
-	watch sync.Once
+	s        *sharedSession
+	key      string
+	token    uint64
+	slot     *keySlot  // the Locker's local queue for the key
+	deadline time.Time // the end of its maximum lifespan
+	lost     chan struct{}
+	watch    sync.Once
 
 	mu      sync.Mutex
 	maxLife *time.Timer // gives the key back when the maximum lifespan passes
@@ -52,11 +53,22 @@ func (l *Lease) Lost() <-chan struct{} {
 }
 
 // Err returns why the lease was lost, an error wrapping ErrLockLost, or nil
-// while it is held and after a Release.
+// while it is held and after a Release. Like EphemeralLock.Err, it checks
+// the local deadlines itself (the maximum lifespan, the session's renewal),
+// so a holder that calls Err before each step never takes one after them.
 func (l *Lease) Err() error {
+	if !time.Now().Before(l.deadline) {
+		l.lose(l.lifespanErr())
+	}
+	l.s.checkExpiry()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lostErr
+}
+
+func (l *Lease) lifespanErr() error {
+	return fmt.Errorf("%w: %q (token %d): its maximum lifespan (LockTimeout %v) passed",
+		ErrLockLost, l.key, l.token, l.s.lk.cfg.LockTimeout)
 }
 
 // Release gives the lock back in one consensus write that deletes the key
@@ -113,8 +125,7 @@ func (l *Lease) notify(fn func(error)) {
 // expire ends a lease whose maximum lifespan passed: the holder is told
 // first, then the key is given back.
 func (l *Lease) expire() {
-	l.lose(fmt.Errorf("%w: %q (token %d): its maximum lifespan (LockTimeout %v) passed",
-		ErrLockLost, l.key, l.token, l.s.lk.cfg.LockTimeout))
+	l.lose(l.lifespanErr())
 	ctx, cancel := detached(context.Background())
 	defer cancel()
 	if deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id) != nil {

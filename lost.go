@@ -27,9 +27,7 @@ func holdExpiry(sent time.Time, ttl time.Duration) time.Time {
 // startWatch starts the goroutines that watch and renew h. l.mu is held.
 func (l *EphemeralLock) startWatch(ctx context.Context, h hold) {
 	ctx = context.WithoutCancel(ctx)
-	l.expiry = time.AfterFunc(time.Until(h.expires), func() {
-		l.lose(h, fmt.Sprintf("its session's TTL (LockTimeout %v) ran out unconfirmed", l.cfg.LockTimeout))
-	})
+	l.expiry = time.AfterFunc(time.Until(h.expires), func() { l.lose(h, l.expiredReason()) })
 	var watchCtx, renewCtx context.Context
 	watchCtx, l.stopWatch = context.WithCancel(ctx)
 	renewCtx, l.stopRenew = context.WithCancel(ctx)
@@ -66,6 +64,16 @@ func (l *EphemeralLock) extend(h hold) {
 func (l *EphemeralLock) lose(h hold, reason string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.loseLocked(h, reason)
+}
+
+// expiredReason is why a hold is lost at its local deadline.
+func (l *EphemeralLock) expiredReason() string {
+	return fmt.Sprintf("its session's TTL (LockTimeout %v) ran out unconfirmed", l.cfg.LockTimeout)
+}
+
+// loseLocked is lose with l.mu held.
+func (l *EphemeralLock) loseLocked(h hold, reason string) {
 	if l.state != stateHeld || l.hold.session != h.session || l.lostErr != nil {
 		return
 	}
@@ -120,9 +128,15 @@ func (l *EphemeralLock) endHold(stopWatch bool) {
 func (l *EphemeralLock) Lost() <-chan struct{} { return l.lost }
 
 // Err returns why the lock was lost, an error wrapping ErrLockLost, or nil
-// when it was not lost (held, released, or never acquired).
+// when it was not lost (held, released, or never acquired). It checks the
+// local deadline itself rather than trusting a timer: a holder that calls Err
+// before each step of its work never takes a step after the deadline, even
+// when a pause (a long GC, SIGSTOP, a frozen VM) delayed every goroutine.
 func (l *EphemeralLock) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.state == stateHeld && !time.Now().Before(l.hold.expires) {
+		l.loseLocked(l.hold, l.expiredReason())
+	}
 	return l.lostErr
 }

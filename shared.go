@@ -24,9 +24,7 @@ type sharedSession struct {
 func newSharedSession(lk *Locker, id string, expires time.Time) *sharedSession {
 	s := &sharedSession{lk: lk, id: id, renewed: make(chan struct{}), expires: expires, leases: map[*Lease]struct{}{}}
 	s.ctx, s.stop = context.WithCancel(context.Background())
-	s.expiry = time.AfterFunc(time.Until(expires), func() {
-		s.end(fmt.Errorf("%w: the Locker's session TTL (%v) ran out unconfirmed", ErrLockLost, lk.cfg.sessionTTL()))
-	})
+	s.expiry = time.AfterFunc(time.Until(expires), func() { s.end(s.expiredErr()) })
 	go func() {
 		defer close(s.renewed)
 		renewEvery(s.ctx, lk.conn, id, lk.cfg.sessionTTL(), expires, s.extend, func() {
@@ -34,6 +32,21 @@ func newSharedSession(lk *Locker, id string, expires time.Time) *sharedSession {
 		})
 	}()
 	return s
+}
+
+func (s *sharedSession) expiredErr() error {
+	return fmt.Errorf("%w: the Locker's session TTL (%v) ran out unconfirmed", ErrLockLost, s.lk.cfg.sessionTTL())
+}
+
+// checkExpiry ends the session if its local deadline has passed, without
+// waiting for the timer, which a paused process fires late.
+func (s *sharedSession) checkExpiry() {
+	s.lk.mu.Lock()
+	expired := s.lostErr == nil && !time.Now().Before(s.expires)
+	s.lk.mu.Unlock()
+	if expired {
+		s.end(s.expiredErr())
+	}
 }
 
 func (s *sharedSession) extend(expires time.Time) {
@@ -70,7 +83,8 @@ func (s *sharedSession) end(err error) {
 // register records a key just taken with the session as a lease, and starts
 // the clock of its maximum lifespan.
 func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquiredAt time.Time) (*Lease, error) {
-	l := &Lease{s: s, key: key, slot: slot, token: token, lost: make(chan struct{})}
+	deadline := acquiredAt.Add(s.lk.cfg.LockTimeout)
+	l := &Lease{s: s, key: key, slot: slot, token: token, deadline: deadline, lost: make(chan struct{})}
 	s.lk.mu.Lock()
 	defer s.lk.mu.Unlock()
 	if s.lostErr != nil {
@@ -78,7 +92,7 @@ func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquir
 	}
 	s.leases[l] = struct{}{}
 	l.mu.Lock() // the timer may fire before the assignment is done
-	l.maxLife = time.AfterFunc(time.Until(acquiredAt.Add(s.lk.cfg.LockTimeout)), l.expire)
+	l.maxLife = time.AfterFunc(time.Until(deadline), l.expire)
 	l.mu.Unlock()
 	return l, nil
 }

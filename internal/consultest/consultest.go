@@ -37,6 +37,9 @@ func Main(m *testing.M) {
 // Run is Main that returns the exit code instead, for a TestMain with more
 // to do.
 func Run(m *testing.M) int {
+	if fuzzWorker() { // go test -fuzz's workers run only the fuzz function
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "consultest-")
 	if err != nil {
 		return fail("temp dir: %v", err)
@@ -72,6 +75,15 @@ func Run(m *testing.M) int {
 		return fail("goroutines left behind: %v", err)
 	}
 	return 0
+}
+
+func fuzzWorker() bool {
+	for _, a := range os.Args {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			return true
+		}
+	}
+	return false
 }
 
 func fail(format string, args ...any) int {
