@@ -12,22 +12,23 @@ import (
 
 // takeKey tries to take key for session, storing value, retrying transient
 // failures until deadline, and returns the fencing token of the hold, or 0
-// when another session holds the key or a lock delay is in force.
+// when another session holds the key or a lock delay is in force. maybeTaken
+// reports a failed attempt that may have been applied all the same.
 //
 // It is one consensus write, like python-consul-lock's PUT ?acquire, but as
 // a transaction so that Consul answers with the index of the write: the
 // fencing token, at no extra round trip. Retrying is safe: a session may take
 // a key it already holds.
-func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time) (uint64, error) {
-	var token uint64
-	err := retry(ctx, deadline, func() (err error) {
+func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time) (token uint64, maybeTaken bool, err error) {
+	err = retry(ctx, deadline, func() (err error) {
 		token, err = takeKeyOnce(ctx, c, key, value, session)
+		maybeTaken = maybeTaken || !unapplied(err)
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("acquire key: %w", explain(err))
+		return 0, maybeTaken, fmt.Errorf("acquire key: %w", explain(err))
 	}
-	return token, nil
+	return token, false, nil
 }
 
 func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string) (uint64, error) {
@@ -51,24 +52,33 @@ func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session 
 	return 0, nil
 }
 
-// releaseKey gives back a key taken with token: one DELETE ?cas=token, which
-// applies only if the key is still as the acquiring write left it, and
-// which Consul serves faster than a transaction. If the key changed since (an
-// operator wrote to it), it falls back to deleteIfHeld. A key already gone
-// counts as released.
+// releaseKey gives back a key taken with token by a session no one else
+// uses: one DELETE ?cas=token, which applies only if the key is still as the
+// acquiring write left it, and which Consul serves faster than a transaction.
+// If the key changed since (an operator wrote to it), it falls back to
+// deleteIfHeld. A key already gone counts as released.
 func releaseKey(ctx context.Context, c conn, key, session string, token uint64) error {
+	deleted, err := deleteIfUnchanged(ctx, c, key, token)
+	if err != nil || deleted {
+		return err
+	}
+	return deleteIfHeld(ctx, c, key, session)
+}
+
+// deleteIfUnchanged deletes key only if its ModifyIndex is still token: the
+// release of a key whose session other holders share, where a check of the
+// session could not tell one holder from the next. A key already gone counts
+// as deleted; reports whether the key was deleted or gone.
+func deleteIfUnchanged(ctx context.Context, c conn, key string, token uint64) (bool, error) {
 	var deleted bool
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
 		deleted, _, err = c.c.KV().DeleteCAS(&api.KVPair{Key: key, ModifyIndex: token}, c.write(ctx))
 		return err
 	})
-	switch {
-	case err != nil:
-		return fmt.Errorf("delete key: %w", explain(err))
-	case deleted:
-		return nil
+	if err != nil {
+		return false, fmt.Errorf("delete key: %w", explain(err))
 	}
-	return deleteIfHeld(ctx, c, key, session)
+	return deleted, nil
 }
 
 // deleteIfHeld deletes key in one transaction that applies only while

@@ -11,21 +11,36 @@ import (
 
 // Lease is one lock held through a Locker, from Acquire until Release or a
 // loss. Its methods are safe for concurrent use.
+//
+// A Lease's session is shared with the Locker's other leases, and a key may
+// pass from one lease to the next without leaving the session; so everything
+// that must concern this lease alone (CheckOp, PutFenced, the loss watch, the
+// release) is conditional on the key's index still being this lease's token.
 type Lease struct {
 	s        *sharedSession
 	key      string
 	token    uint64
-	slot     *keySlot  // the Locker's local queue for the key
+	slot     *keySlot  // the Locker's local queue for the key; the lease has its turn
 	deadline time.Time // the end of its maximum lifespan
 	lost     chan struct{}
 	watch    sync.Once
+	ended    sync.Once // the turn is passed on once
 
 	mu      sync.Mutex
-	maxLife *time.Timer // gives the key back when the maximum lifespan passes
-	done    bool        // released or lost
+	state   leaseState
+	maxLife *time.Timer // ends the lease when the maximum lifespan passes
 	lostErr error
 	onLost  func(error)
 }
+
+type leaseState int
+
+const (
+	leaseHeld leaseState = iota
+	leaseReleasing
+	leaseReleased
+	leaseLost
+)
 
 // Key returns the Consul key of the lock.
 func (l *Lease) Key() string { return l.key }
@@ -38,15 +53,17 @@ func (l *Lease) Session() string { return l.s.id }
 func (l *Lease) Token() uint64 { return l.token }
 
 // Lost returns a channel that is closed when the lease ends: released, or
-// lost because its key was deleted or taken over (noticed within about a
-// second), because its maximum lifespan passed, or because the Locker's
-// session was lost or reached its local deadline without a confirmed
+// lost because its key was deleted, taken over or written to (noticed within
+// about a second), because its maximum lifespan passed, or because the
+// Locker's session was lost or reached its local deadline without a confirmed
 // renewal. Err tells a loss from a release. The first call starts watching
 // the key in Consul: a lease that nobody asks about costs no query.
 func (l *Lease) Lost() <-chan struct{} {
 	l.watch.Do(func() {
-		go watchHeld(l.s.ctx, l.s.lk.conn, l.key, l.s.id, l.token, l.lost, func(reason string) {
-			l.lose(fmt.Errorf("%w: %q (token %d): %s", ErrLockLost, l.key, l.token, reason))
+		go watchHeld(l.s.ctx, l.s.lk.conn, l.key, l.s.id, l.token, true, l.lost, func(reason string, stillHeld bool) {
+			if l.lose(fmt.Errorf("%w: %q (token %d): %s", ErrLockLost, l.key, l.token, reason)) {
+				l.end(stillHeld)
+			}
 		})
 	})
 	return l.lost
@@ -58,7 +75,7 @@ func (l *Lease) Lost() <-chan struct{} {
 // so a holder that calls Err before each step never takes one after them.
 func (l *Lease) Err() error {
 	if !time.Now().Before(l.deadline) {
-		l.lose(l.lifespanErr())
+		l.lose(l.lifespanErr()) // the maximum-lifespan timer gives the key back
 	}
 	l.s.checkExpiry()
 	l.mu.Lock()
@@ -66,47 +83,63 @@ func (l *Lease) Err() error {
 	return l.lostErr
 }
 
-func (l *Lease) lifespanErr() error {
-	return fmt.Errorf("%w: %q (token %d): its maximum lifespan (LockTimeout %v) passed",
-		ErrLockLost, l.key, l.token, l.s.lk.cfg.LockTimeout)
-}
-
 // Release gives the lock back in one consensus write that deletes the key
-// only while this Locker's session holds it, or, when another goroutine of
-// the Locker waits for the key, hands it over without a write (see Locker). Like EphemeralLock.Release it
-// completes even when ctx is already cancelled, trying for up to 10 s. It is
-// idempotent; after a loss it does nothing. A failed Release may be retried;
-// if it is not, the Locker gives the key back when its maximum lifespan
-// passes.
+// only if it is still as this lease took it, or, when another goroutine of
+// the Locker waits for the key, hands it over without a write (see Locker).
+// Like EphemeralLock.Release it completes even when ctx is already
+// cancelled, trying for up to 10 s. It is idempotent; after a loss it does
+// nothing. A failed Release may be retried; if it is not, the Locker gives
+// the key back when its maximum lifespan passes.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
-	done := l.done
+	if l.state != leaseHeld {
+		l.mu.Unlock()
+		return nil
+	}
+	l.state = leaseReleasing
 	l.mu.Unlock()
-	if done {
-		return nil
+	if !l.s.lk.handOff(l.slot, l.s, l.token) {
+		rctx, cancel := detached(ctx)
+		err := l.giveBack(rctx)
+		cancel()
+		if err != nil {
+			l.mu.Lock()
+			l.state = leaseHeld
+			l.mu.Unlock()
+			if !time.Now().Before(l.deadline) { // its timer fired during the attempt
+				l.expire()
+			}
+			return fmt.Errorf("consullock: release %q: %w", l.key, err)
+		}
 	}
-	if l.s.lk.handOff(l.slot, l.s, l.token) { // the next local holder takes the key as it is
-		l.finish(nil)
-		return nil
+	l.mu.Lock()
+	l.state = leaseReleased
+	notify := l.onLost
+	l.mu.Unlock()
+	close(l.lost)
+	if notify != nil {
+		notify(errReleased)
 	}
-	rctx, cancel := detached(ctx)
-	defer cancel()
-	if err := releaseKey(rctx, l.s.lk.conn, l.key, l.s.id, l.token); err != nil {
-		return fmt.Errorf("consullock: release %q: %w", l.key, err)
-	}
-	l.finish(nil)
+	l.end(false)
 	return nil
 }
 
-// CheckOp returns a transaction operation that fails unless the lease's
-// session still holds its key; see EphemeralLock.CheckOp.
+// CheckOp returns a transaction operation that fails unless the key is still
+// as this lease took it (its index is the lease's token): see
+// EphemeralLock.CheckOp. It fails once the lease has passed the key on.
 func (l *Lease) CheckOp() *api.KVTxnOp {
-	return checkHeld(l.key, l.s.id)
+	return &api.KVTxnOp{Verb: api.KVCheckIndex, Key: l.key, Index: l.token}
 }
 
 // PutFenced writes value under key only if the lease still holds its lock;
 // see EphemeralLock.PutFenced.
 func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
+	l.mu.Lock()
+	held := l.state == leaseHeld
+	l.mu.Unlock()
+	if !held {
+		return fmt.Errorf("%w: %q is not held: fenced put %q refused", ErrLockLost, l.key, key)
+	}
 	return putFenced(ctx, l.s.lk.conn, l.CheckOp(), l.key, key, value)
 }
 
@@ -122,43 +155,73 @@ func (l *Lease) notify(fn func(error)) {
 	l.Lost() // Hold must hear of a loss: start the watch
 }
 
+func (l *Lease) lifespanErr() error {
+	return fmt.Errorf("%w: %q (token %d): its maximum lifespan (LockTimeout %v) passed",
+		ErrLockLost, l.key, l.token, l.s.lk.cfg.LockTimeout)
+}
+
 // expire ends a lease whose maximum lifespan passed: the holder is told
-// first, then the key is given back.
+// first, then the key is given back, then the turn passed on. A lease being
+// released is left to its Release.
 func (l *Lease) expire() {
 	l.lose(l.lifespanErr())
-	ctx, cancel := detached(context.Background())
-	defer cancel()
-	if deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id) != nil {
-		// The key would stay held as long as the session is renewed.
-		l.s.end(fmt.Errorf("%w: could not give back %q after its maximum lifespan", ErrLockLost, l.key))
-		destroySession(ctx, l.s.lk.conn, l.s.id)
+	l.mu.Lock()
+	lost := l.state == leaseLost
+	l.mu.Unlock()
+	if lost {
+		l.end(true)
 	}
 }
 
-// lose ends the lease with err.
-func (l *Lease) lose(err error) { l.finish(err) }
-
-// finish ends the lease once, err nil for a release: it passes the local
-// turn on, and cancels Hold's context with the loss or errReleased.
-func (l *Lease) finish(err error) {
+// lose marks a held lease lost with err and tells whoever asked. It reports
+// whether it did: a lease released, being released or already lost is left
+// as it is.
+func (l *Lease) lose(err error) bool {
 	l.mu.Lock()
-	if l.done {
+	if l.state != leaseHeld {
 		l.mu.Unlock()
-		return
+		return false
 	}
-	l.done, l.lostErr = true, err
-	notify, maxLife := l.onLost, l.maxLife
+	l.state, l.lostErr = leaseLost, err
+	notify := l.onLost
 	l.mu.Unlock()
-	if maxLife != nil {
-		maxLife.Stop()
-	}
 	close(l.lost)
-	l.s.unregister(l)
-	l.s.lk.leave(l.key, l.slot, true)
 	if notify != nil {
-		if err == nil {
-			err = errReleased
-		}
 		notify(err)
 	}
+	return true
+}
+
+// end finishes the lease once: it gives the key back when asked (the lease
+// still has the turn, so a key its session holds is its own), and passes the
+// local turn on.
+func (l *Lease) end(giveBack bool) {
+	l.ended.Do(func() {
+		l.mu.Lock()
+		maxLife := l.maxLife
+		l.mu.Unlock()
+		maxLife.Stop()
+		if giveBack {
+			ctx, cancel := detached(context.Background())
+			if deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id) != nil {
+				// Left to a renewed session, the key would be held for ever.
+				l.s.end(fmt.Errorf("%w: could not give back %q", ErrLockLost, l.key))
+				destroySession(ctx, l.s.lk.conn, l.s.id)
+			}
+			cancel()
+		}
+		l.s.unregister(l)
+		l.s.lk.leave(l.key, l.slot, true)
+	})
+}
+
+// giveBack deletes the key if it is still as the lease took it; if someone
+// wrote to it since while the session still holds it, it deletes it all the
+// same: the lease has the turn, so no other lease of the Locker has the key.
+func (l *Lease) giveBack(ctx context.Context) error {
+	deleted, err := deleteIfUnchanged(ctx, l.s.lk.conn, l.key, l.token)
+	if err != nil || deleted {
+		return err
+	}
+	return deleteIfHeld(ctx, l.s.lk.conn, l.key, l.s.id)
 }

@@ -267,7 +267,9 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 	w := &keyWatch{conn: l.conn, key: l.key, deadline: deadline, maxWait: l.cfg.LockTimeout / 2,
 		beforeQuery: func(ctx context.Context) error { return l.freshen(ctx, &h, deadline) }}
 	for {
-		if h.token, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline); h.token != 0 || err != nil {
+		// A take that may have applied although it failed needs no care
+		// here: destroying the session deletes the key.
+		if h.token, _, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline); h.token != 0 || err != nil {
 			return h, err
 		}
 		switch err = w.untilFree(ctx); {
@@ -281,8 +283,7 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 }
 
 func (l *EphemeralLock) newSession(ctx context.Context, h *hold, deadline time.Time) error {
-	sent := time.Now()
-	id, err := createSession(ctx, l.conn, sessionSpec{l.key, l.cfg.LockTimeout, l.cfg.LockDelay}, deadline)
+	id, sent, err := createSession(ctx, l.conn, sessionSpec{l.key, l.cfg.LockTimeout, l.cfg.LockDelay}, deadline)
 	if err != nil {
 		return err
 	}

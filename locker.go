@@ -32,7 +32,7 @@ type Locker struct {
 	cfg  Config
 	conn conn
 
-	create sync.Mutex // serialises session creation
+	create chan struct{} // holds a token while a session is being created
 
 	mu     sync.Mutex
 	sess   *sharedSession // nil before the first lock and after a loss
@@ -55,7 +55,7 @@ func NewLocker(opts ...Option) (*Locker, error) {
 	if cfg.Value == nil {
 		cfg.Value = DefaultValue
 	}
-	return &Locker{cfg: cfg, conn: conn{cfg.Client, cfg.Token}, slots: map[string]*keySlot{}}, nil
+	return &Locker{cfg: cfg, conn: conn{cfg.Client, cfg.Token}, create: make(chan struct{}, 1), slots: map[string]*keySlot{}}, nil
 }
 
 // Acquire takes the lock on the key that the Locker's KeyPattern makes of
@@ -72,6 +72,12 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	slot, err := lk.takeTurn(ctx, key, deadline)
 	if err != nil {
 		return nil, err
+	}
+	if lk.mustYield(slot) {
+		if err := sleep(ctx, handoffYield); err != nil {
+			lk.leave(key, slot, true)
+			return nil, err
+		}
 	}
 	lease, err := lk.contend(ctx, key, slot, deadline)
 	if err != nil {
@@ -124,27 +130,35 @@ func (lk *Locker) Close(ctx context.Context) error {
 }
 
 // contend takes key with the Locker's session, waiting on blocking queries
-// while another session holds it. A session that Consul no longer knows is
-// replaced once.
+// while another session holds it. A session that ends meanwhile is replaced.
+// The caller has the turn on key, so a key that the session holds is this
+// goroutine's to take or to give back.
 func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time) (*Lease, error) {
 	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline}
-	for replaced := false; ; {
+	for {
 		s, err := lk.session(ctx, deadline)
 		if err != nil {
 			return nil, err
 		}
 		acquiredAt := time.Now()
-		token, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline)
+		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline)
 		switch {
-		case err != nil && !replaced && strings.Contains(err.Error(), "nvalid session"):
+		case err != nil && strings.Contains(err.Error(), "nvalid session"):
 			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))
-			replaced = true
 			continue
 		case err != nil:
+			if maybeTaken { // do not leave the key to a session that lives on
+				cctx, cancel := detached(ctx)
+				deleteIfHeld(cctx, lk.conn, key, s.id)
+				cancel()
+			}
 			return nil, err
 		case token != 0:
 			lk.took(slot)
-			return s.register(key, slot, token, acquiredAt)
+			if l := s.register(key, slot, token, acquiredAt); l != nil {
+				return l, nil
+			}
+			continue // the session ended just now: take the key with the next
 		}
 		switch err := w.untilFree(ctx); {
 		case errors.Is(err, errDeadline):
@@ -157,8 +171,12 @@ func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadli
 
 // session returns the Locker's live session, creating it when there is none.
 func (lk *Locker) session(ctx context.Context, deadline time.Time) (*sharedSession, error) {
-	lk.create.Lock()
-	defer lk.create.Unlock()
+	select { // one creation at a time, abandoned when ctx ends
+	case lk.create <- struct{}{}:
+		defer func() { <-lk.create }()
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
 	lk.mu.Lock()
 	s, closed := lk.sess, lk.closed
 	lk.mu.Unlock()
@@ -168,20 +186,19 @@ func (lk *Locker) session(ctx context.Context, deadline time.Time) (*sharedSessi
 	case s != nil:
 		return s, nil
 	}
-	sent := time.Now()
 	ttl := lk.cfg.sessionTTL()
-	id, err := createSession(ctx, lk.conn, sessionSpec{"locker", ttl, lk.cfg.LockDelay}, deadline)
+	id, sent, err := createSession(ctx, lk.conn, sessionSpec{"locker", ttl, lk.cfg.LockDelay}, deadline)
 	if err != nil {
 		return nil, err
 	}
-	s = newSharedSession(lk, id, holdExpiry(sent, ttl))
+	s = startSharedSession(lk, id, holdExpiry(sent, ttl))
 	lk.mu.Lock()
-	closed = lk.closed
-	if !closed {
+	installed := !lk.closed && s.lostErr == nil
+	if installed {
 		lk.sess = s
 	}
 	lk.mu.Unlock()
-	if closed { // closed while the session was created
+	if !installed { // closed, or expired, while it was created
 		s.end(errLockerClosed)
 		cctx, cancel := detached(ctx)
 		defer cancel()

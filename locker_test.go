@@ -104,19 +104,28 @@ func TestLockerContention(t *testing.T) {
 	t.Logf("%d cycles by %d goroutines of 2 Lockers in %v, no overlap", total, len(lockers)*perLocker, time.Since(start).Round(time.Millisecond))
 }
 
-// The Locker enforces each lock's maximum lifespan: the holder is told, and
-// the key is given back, while the shared session lives on.
+// The Locker enforces each lock's maximum lifespan: the holder is told, the
+// key is given back, and a goroutine waiting for it gets it and keeps it,
+// while the shared session lives on.
 func TestLockerEnforcesMaximumLifespan(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
 	ctx := context.Background()
 	const lifespan = 10 * time.Second
-	lk := newLocker(t, c, consullock.WithLockTimeout(lifespan))
+	lk := newLocker(t, c, consullock.WithLockTimeout(lifespan), consullock.WithAcquireTimeout(time.Minute))
 	start := time.Now()
 	l, err := lk.Acquire(ctx, lockName(t, "k"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	next := make(chan *consullock.Lease, 1)
+	go func() {
+		n, err := lk.Acquire(ctx, lockName(t, "k")) // waits for its turn behind l
+		if err != nil {
+			t.Error(err)
+		}
+		next <- n
+	}()
 	select {
 	case <-l.Lost():
 	case <-time.After(lifespan + 2*time.Second):
@@ -125,19 +134,40 @@ func TestLockerEnforcesMaximumLifespan(t *testing.T) {
 	if took := time.Since(start); took < lifespan-time.Second || !errors.Is(l.Err(), consullock.ErrLockLost) {
 		t.Fatalf("lost after %v with %v, want ErrLockLost at about %v", took, l.Err(), lifespan)
 	}
-	consultest.Eventually(t, 2*time.Second, "the expired lease's key is given back", func() bool {
-		return holderSession(t, c, l.Key()) == ""
-	})
-	next, err := lk.Acquire(ctx, lockName(t, "k"))
-	if err != nil {
-		t.Fatalf("acquire after the maximum lifespan: %v", err)
+	n := <-next
+	if n == nil {
+		t.FailNow()
 	}
-	if next.Session() != l.Session() {
-		t.Fatal("the shared session was replaced: a lease's expiry must not end it")
+	if n.Token() <= l.Token() || n.Session() != l.Session() {
+		t.Fatalf("next lease token %d session %s after %d %s: want a higher token on the same session", n.Token(), n.Session(), l.Token(), l.Session())
 	}
-	if err := l.Release(ctx); err != nil || holderSession(t, c, next.Key()) != next.Session() {
+	// The expired lease's give-back must not have removed the next holder's key.
+	pair, _, err := c.KV().Get(n.Key(), &api.QueryOptions{RequireConsistent: true})
+	if err != nil || pair == nil || pair.ModifyIndex != n.Token() {
+		t.Fatalf("next holder's key is %+v (%v), want it at its token %d", pair, err, n.Token())
+	}
+	if err := l.Release(ctx); err != nil || holderSession(t, c, n.Key()) != n.Session() {
 		t.Fatalf("late Release of the expired lease: %v; it must not free the next holder's key", err)
 	}
+	n.Release(ctx)
+}
+
+// A holder that checks Err past the maximum lifespan learns of the loss at
+// once, and the key is given back all the same.
+func TestLockerErrAtTheDeadline(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	lk := newLocker(t, c, consullock.WithLockTimeout(consullock.MinLockTimeout))
+	l, err := lk.Acquire(context.Background(), lockName(t, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	consultest.Eventually(t, consullock.MinLockTimeout+2*time.Second, "Err reports the end of the maximum lifespan", func() bool {
+		return errors.Is(l.Err(), consullock.ErrLockLost)
+	})
+	consultest.Eventually(t, 5*time.Second, "the key is given back", func() bool {
+		return holderSession(t, c, l.Key()) == ""
+	})
 }
 
 // When Consul loses the Locker's session, every lease taken with it is lost,
@@ -146,7 +176,9 @@ func TestLockerSessionLoss(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
 	ctx := context.Background()
-	lk := newLocker(t, c)
+	// The lost lease passes its turn on just after Lost fires: the new
+	// Acquire may wait for it.
+	lk := newLocker(t, c, consullock.WithAcquireTimeout(5*time.Second))
 	a, err := lk.Acquire(ctx, lockName(t, "a"))
 	if err != nil {
 		t.Fatal(err)
@@ -222,25 +254,24 @@ func TestLockerCloseGivesBackEverything(t *testing.T) {
 
 func TestLockerBadInputWritesNothing(t *testing.T) {
 	t.Parallel()
-	c := consultest.Client(t)
+	agent := consultest.DevAgent(t)
+	c := consultest.ClientOf(t, agent)
 	if _, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithSessionTTL(time.Second)); !errors.Is(err, consullock.ErrInvalidOption) {
 		t.Fatalf("SessionTTL 1s: %v, want ErrInvalidOption", err)
 	}
 	lk := newLocker(t, c)
-	if _, err := lk.Acquire(context.Background(), "../"+lockName(t, "k")); !errors.Is(err, consullock.ErrInvalidKey) {
-		t.Fatalf("bad name: %v, want ErrInvalidKey", err)
-	}
-	sessions, _, err := c.Session().List(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range sessions {
-		if s.Name == "consullock: locker" {
-			// Another test's Locker may exist; ours must not have created one.
-			continue
+	for _, name := range []string{"", "../k", "a b", "/k"} {
+		if _, err := lk.Acquire(context.Background(), name); !errors.Is(err, consullock.ErrInvalidKey) {
+			t.Fatalf("bad name %q: %v, want ErrInvalidKey", name, err)
 		}
 	}
-	assertNothingWritten(t, c, "locks/ephemeral/"+lockName(t, ""))
+	sessions, _, err := c.Session().List(nil)
+	if err != nil || len(sessions) != 0 {
+		t.Fatalf("%d sessions (%v) after bad names only, want none", len(sessions), err)
+	}
+	if keys, _, _ := c.KV().Keys("", "", nil); len(keys) != 0 {
+		t.Fatalf("keys %q written for bad names", keys)
+	}
 }
 
 // A lock cycle of a Locker is two consensus writes; one of an EphemeralLock
@@ -305,15 +336,19 @@ func raftIndex(t *testing.T, c *api.Client) uint64 {
 }
 
 // Goroutines of one Locker hand the key to each other with one write per
-// cycle, tokens still increase, and waiters that give up at any moment leave
-// no key behind.
+// cycle while a second Locker (another process) contends too; in Consul the
+// key is always the current lease's, tokens increase, and waiters that give
+// up at any moment leave no key behind.
 func TestLockerLocalHandoffs(t *testing.T) {
 	t.Parallel()
 	agent := consultest.DevAgent(t)
 	c := consultest.ClientOf(t, agent)
 	lk := newLocker(t, c, consullock.WithAcquireTimeout(time.Minute))
-	if l, err := lk.Acquire(context.Background(), "warm-up"); err == nil {
-		l.Release(context.Background())
+	other := newLocker(t, c, consullock.WithAcquireTimeout(time.Minute)) // another process
+	for _, x := range []*consullock.Locker{lk, other} {
+		if l, err := x.Acquire(context.Background(), "warm-up"); err == nil {
+			l.Release(context.Background())
+		}
 	}
 	const workers, rounds = 6, 100
 	var d overlapDetector
@@ -324,6 +359,10 @@ func TestLockerLocalHandoffs(t *testing.T) {
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
+			x := lk
+			if w == 0 {
+				x = other
+			}
 			for i := range rounds {
 				ctx := context.Background()
 				if w%2 == 1 { // half the workers give up at random moments
@@ -331,12 +370,17 @@ func TestLockerLocalHandoffs(t *testing.T) {
 					ctx, cancel = context.WithTimeout(ctx, time.Duration(i%4)*time.Millisecond)
 					defer cancel()
 				}
-				l, err := lk.Acquire(ctx, "k")
+				l, err := x.Acquire(ctx, "k")
 				if err != nil {
 					gaveUp.Add(1)
 					continue
 				}
 				d.section(0)
+				// In Consul, the key is this lease's, as its token says.
+				pair, _, err := c.KV().Get("locks/ephemeral/k", &api.QueryOptions{RequireConsistent: true})
+				if err != nil || pair == nil || pair.Session != l.Session() || pair.ModifyIndex != l.Token() {
+					t.Errorf("inside the lease with token %d the key is %+v (%v)", l.Token(), pair, err)
+				}
 				mu.Lock()
 				tokens = append(tokens, l.Token())
 				mu.Unlock()

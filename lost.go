@@ -39,7 +39,7 @@ func (l *EphemeralLock) startWatch(ctx context.Context, h hold) {
 
 // watch reports a loss of h seen in Consul.
 func (l *EphemeralLock) watch(ctx context.Context, h hold) {
-	watchHeld(ctx, l.conn, l.key, h.session, h.token, l.lost, func(reason string) { l.lose(h, reason) })
+	watchHeld(ctx, l.conn, l.key, h.session, h.token, false, l.lost, func(reason string, _ bool) { l.lose(h, reason) })
 }
 
 // renew renews h's session until ctx ends, moving the local deadline on.

@@ -32,12 +32,15 @@ type sessionSpec struct {
 // A create whose answer was lost may still have created a session. Each
 // session is named with a random suffix, so that such strays can be found and
 // destroyed at once rather than left to their TTL.
-func createSession(ctx context.Context, c conn, spec sessionSpec, deadline time.Time) (string, error) {
+//
+// It returns when the successful request was sent: Consul starts the TTL no
+// earlier than that.
+func createSession(ctx context.Context, c conn, spec sessionSpec, deadline time.Time) (id string, sent time.Time, err error) {
 	name := "consullock: " + spec.key + " " + nonce()
-	var id string
 	maybeStrays := false
-	err := retry(ctx, deadline, func() error {
+	err = retry(ctx, deadline, func() error {
 		var err error
+		sent = time.Now()
 		id, err = createSessionOnce(ctx, c, name, spec)
 		// A request cut off by the network or by ctx may have created a
 		// session all the same.
@@ -48,9 +51,9 @@ func createSession(ctx context.Context, c conn, spec sessionSpec, deadline time.
 		destroyStrays(ctx, c, name, id)
 	}
 	if err != nil {
-		return "", fmt.Errorf("create session: %w", explain(err))
+		return "", time.Time{}, fmt.Errorf("create session: %w", explain(err))
 	}
-	return id, nil
+	return id, sent, nil
 }
 
 // createSessionOnce writes the request itself because api.Session.Create

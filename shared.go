@@ -21,10 +21,14 @@ type sharedSession struct {
 	lostErr error
 }
 
-func newSharedSession(lk *Locker, id string, expires time.Time) *sharedSession {
+// startSharedSession starts renewing session id, whose local deadline is
+// expires.
+func startSharedSession(lk *Locker, id string, expires time.Time) *sharedSession {
 	s := &sharedSession{lk: lk, id: id, renewed: make(chan struct{}), expires: expires, leases: map[*Lease]struct{}{}}
 	s.ctx, s.stop = context.WithCancel(context.Background())
+	lk.mu.Lock() // the timer may fire at once: end reads s.expiry under lk.mu
 	s.expiry = time.AfterFunc(time.Until(expires), func() { s.end(s.expiredErr()) })
+	lk.mu.Unlock()
 	go func() {
 		defer close(s.renewed)
 		renewEvery(s.ctx, lk.conn, id, lk.cfg.sessionTTL(), expires, s.extend, func() {
@@ -59,42 +63,44 @@ func (s *sharedSession) extend(expires time.Time) {
 }
 
 // end ends the session for the Locker, once: it stops renewing, and every
-// lease taken with it is lost with err.
+// lease taken with it is lost with err. The next Acquire creates a new one.
 func (s *sharedSession) end(err error) {
 	s.lk.mu.Lock()
+	if s.lk.sess == s {
+		s.lk.sess = nil
+	}
 	if s.lostErr != nil {
 		s.lk.mu.Unlock()
 		return
 	}
 	s.lostErr = err
-	if s.lk.sess == s {
-		s.lk.sess = nil
-	}
 	s.stop()
 	s.expiry.Stop()
 	leases := s.leases
 	s.leases = nil
 	s.lk.mu.Unlock()
 	for l := range leases {
-		l.lose(err)
+		if l.lose(err) {
+			l.end(false) // the session's keys went, or go, with it
+		}
 	}
 }
 
 // register records a key just taken with the session as a lease, and starts
-// the clock of its maximum lifespan.
-func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquiredAt time.Time) (*Lease, error) {
+// the clock of its maximum lifespan. It returns nil if the session ended.
+func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquiredAt time.Time) *Lease {
 	deadline := acquiredAt.Add(s.lk.cfg.LockTimeout)
 	l := &Lease{s: s, key: key, slot: slot, token: token, deadline: deadline, lost: make(chan struct{})}
 	s.lk.mu.Lock()
 	defer s.lk.mu.Unlock()
 	if s.lostErr != nil {
-		return nil, s.lostErr
+		return nil
 	}
 	s.leases[l] = struct{}{}
 	l.mu.Lock() // the timer may fire before the assignment is done
 	l.maxLife = time.AfterFunc(time.Until(deadline), l.expire)
 	l.mu.Unlock()
-	return l, nil
+	return l
 }
 
 func (s *sharedSession) unregister(l *Lease) {

@@ -14,8 +14,14 @@ import (
 // instead of two. After maxHandoffs handoffs in a row the key is given back
 // in Consul, so that other processes get their chance.
 
-// maxHandoffs bounds how long a busy Locker keeps a key from other processes.
-const maxHandoffs = 16
+// maxHandoffs bounds how long a busy Locker keeps a key from other processes,
+// and handoffYield is how long its next holder then waits before contending
+// again, so that waiters of other processes, woken by the release, can take
+// the key first: a few round trips on a LAN.
+const (
+	maxHandoffs  = 16
+	handoffYield = 20 * time.Millisecond
+)
 
 // keySlot is the local queue of a Locker for one key. Guarded by Locker.mu,
 // except turn.
@@ -25,6 +31,7 @@ type keySlot struct {
 	kept   string        // session that kept the key for the next holder, if any
 	token  uint64        // the kept key's last fencing token
 	streak int           // handoffs in a row
+	yield  bool          // the key was given back for others: the next holder waits a little
 }
 
 // takeTurn waits for the local turn on key, until ctx ends or the deadline.
@@ -70,8 +77,19 @@ func (lk *Locker) handOff(slot *keySlot, s *sharedSession, token uint64) bool {
 		slot.streak++
 		return true
 	}
+	slot.yield = slot.refs > 1 && slot.streak >= maxHandoffs
 	slot.streak = 0
 	return false
+}
+
+// mustYield reports, once, that the goroutine with the turn should let other
+// processes have the key first.
+func (lk *Locker) mustYield(slot *keySlot) bool {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	y := slot.yield
+	slot.yield = false
+	return y
 }
 
 // took records that the goroutine with the turn holds the key under a lease.
@@ -97,8 +115,25 @@ func (lk *Locker) leave(key string, slot *keySlot, hadTurn bool) {
 	}
 	lk.mu.Unlock()
 	if orphan != "" {
-		ctx, cancel := detached(context.Background())
-		defer cancel()
-		releaseKey(ctx, lk.conn, key, orphan, token)
+		lk.releaseOrphan(key, orphan, token)
 	}
+}
+
+// releaseOrphan gives back a key kept for a next holder who never came. The
+// turn is no longer held, so only the exact write that kept it may be
+// deleted: if another goroutine took the key meanwhile, it is theirs.
+func (lk *Locker) releaseOrphan(key, session string, token uint64) {
+	ctx, cancel := detached(context.Background())
+	defer cancel()
+	if _, err := deleteIfUnchanged(ctx, lk.conn, key, token); err == nil {
+		return
+	}
+	// Left to a renewed session, the key would be held for ever.
+	lk.mu.Lock()
+	s := lk.sess
+	lk.mu.Unlock()
+	if s != nil && s.id == session {
+		s.end(fmt.Errorf("%w: could not give back %q", ErrLockLost, key))
+	}
+	destroySession(ctx, lk.conn, session)
 }

@@ -10,13 +10,15 @@ import (
 // watchHeld follows a held key with consistent blocking queries, from the
 // index of the write that took it, until ctx ends or the hold ends (done is
 // closed). It calls lost once, with the reason, when the key is gone or
-// another session holds it, and then returns. Errors are retried: the
+// another session holds it, or, when strict (the session is shared with
+// other holders), when the key was written to since it was taken, in which
+// case stillHeld is true: the session still holds the key. Then it returns. Errors are retried: the
 // holder's local deadline, not this watch, bounds how long Consul's silence
 // is trusted.
 //
 // A release deletes the key, which ends the watch's blocking query by itself;
 // cancelling it instead would cost its connection.
-func watchHeld(ctx context.Context, c conn, key, session string, token uint64, done <-chan struct{}, lost func(reason string)) {
+func watchHeld(ctx context.Context, c conn, key, session string, token uint64, strict bool, done <-chan struct{}, lost func(reason string, stillHeld bool)) {
 	index := token
 	var b backoff
 	for {
@@ -38,10 +40,13 @@ func watchHeld(ctx context.Context, c conn, key, session string, token uint64, d
 			}
 			continue
 		case pair == nil:
-			lost("its key was deleted")
+			lost("its key was deleted", false)
 			return
 		case pair.Session != session:
-			lost("its key is held by session " + pair.Session)
+			lost("its key is held by session "+pair.Session, false)
+			return
+		case strict && pair.ModifyIndex != token:
+			lost("its key was written to since it was taken", true)
 			return
 		}
 		index, b = nextIndex(index, meta.LastIndex), backoff{}
