@@ -100,8 +100,10 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Unlock()
 	if !l.s.lk.handOff(l.slot, l.s, l.token) {
 		rctx, cancel := detached(ctx)
+		start := time.Now()
 		err := l.giveBack(rctx)
 		cancel()
+		l.s.lk.gaveBack(l.slot, time.Since(start))
 		if err != nil {
 			l.mu.Lock()
 			l.state = leaseHeld

@@ -18,7 +18,7 @@ import (
 // Goroutines of one Locker that want the same key queue for it locally, in
 // arrival order, and only the first of them contends in Consul: waiters cost
 // Consul nothing, and a released key goes to the next local waiter at once,
-// for one write (see turn.go); after 16 such handoffs in a row the key is
+// for one write (see turn.go); after 64 such handoffs in a row the key is
 // given back in Consul, so that other processes get their turn.
 //
 // Each lock's maximum lifespan (Config.LockTimeout) is enforced by the
@@ -73,8 +73,8 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	if lk.mustYield(slot) {
-		if err := sleep(ctx, handoffYield); err != nil {
+	if d := lk.yieldFor(slot); d > 0 {
+		if err := sleep(ctx, d); err != nil {
 			lk.leave(key, slot, true)
 			return nil, err
 		}

@@ -14,13 +14,15 @@ import (
 // instead of two. After maxHandoffs handoffs in a row the key is given back
 // in Consul, so that other processes get their chance.
 
-// maxHandoffs bounds how long a busy Locker keeps a key from other processes,
-// and handoffYield is how long its next holder then waits before contending
-// again, so that waiters of other processes, woken by the release, can take
-// the key first: a few round trips on a LAN.
+// maxHandoffs bounds how long a busy Locker keeps a key from other
+// processes. After that many handoffs the key is given back, and the next
+// local holder waits about three times as long as that give-back took (a
+// round trip to the servers) before contending again, so that waiters of
+// other processes, woken by the release, can take it first.
 const (
-	maxHandoffs  = 16
-	handoffYield = 20 * time.Millisecond
+	maxHandoffs = 64
+	minYield    = time.Millisecond
+	maxYield    = 50 * time.Millisecond
 )
 
 // keySlot is the local queue of a Locker for one key. Guarded by Locker.mu,
@@ -31,7 +33,7 @@ type keySlot struct {
 	kept   string        // session that kept the key for the next holder, if any
 	token  uint64        // the kept key's last fencing token
 	streak int           // handoffs in a row
-	yield  bool          // the key was given back for others: the next holder waits a little
+	yield  time.Duration // the key was given back for others: how long the next holder waits
 }
 
 // takeTurn waits for the local turn on key, until ctx ends or the deadline.
@@ -77,18 +79,30 @@ func (lk *Locker) handOff(slot *keySlot, s *sharedSession, token uint64) bool {
 		slot.streak++
 		return true
 	}
-	slot.yield = slot.refs > 1 && slot.streak >= maxHandoffs
+	if slot.refs > 1 && slot.streak >= maxHandoffs {
+		slot.yield = maxYield // until gaveBack measures the round trip
+	}
 	slot.streak = 0
 	return false
 }
 
-// mustYield reports, once, that the goroutine with the turn should let other
-// processes have the key first.
-func (lk *Locker) mustYield(slot *keySlot) bool {
+// gaveBack records that a release gave the key back in Consul, which took
+// took: if it ended a run of handoffs, the next local holder yields.
+func (lk *Locker) gaveBack(slot *keySlot, took time.Duration) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if slot.yield > 0 {
+		slot.yield = min(max(3*took, minYield), maxYield)
+	}
+}
+
+// yieldFor returns, once, how long the goroutine with the turn should let
+// other processes have the key first.
+func (lk *Locker) yieldFor(slot *keySlot) time.Duration {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
 	y := slot.yield
-	slot.yield = false
+	slot.yield = 0
 	return y
 }
 
