@@ -58,6 +58,9 @@ type Config struct {
 	// [MinLockTimeout, MaxLockTimeout]. EphemeralLock does not use it.
 	SessionTTL time.Duration
 
+	// Observer, when not nil, receives the lock's events (see Observer).
+	Observer Observer
+
 	// Token is the ACL token for this lock's calls; "" uses the client's.
 	Token string
 
@@ -112,6 +115,9 @@ func WithToken(token string) Option { return func(cfg *Config) { cfg.Token = tok
 
 // WithSessionTTL sets the TTL of a Locker's shared session.
 func WithSessionTTL(d time.Duration) Option { return func(cfg *Config) { cfg.SessionTTL = d } }
+
+// WithObserver sets the Observer that receives the lock's events.
+func WithObserver(o Observer) Option { return func(cfg *Config) { cfg.Observer = o } }
 
 // WithKeyPattern sets the pattern that turns the lock's name into a key.
 func WithKeyPattern(pattern string) Option {

@@ -22,6 +22,7 @@ type Lease struct {
 	token    uint64
 	slot     *keySlot  // the Locker's local queue for the key; the lease has its turn
 	deadline time.Time // the end of its maximum lifespan
+	acquired time.Time
 	lost     chan struct{}
 	watch    sync.Once
 	ended    sync.Once // the turn is passed on once
@@ -98,12 +99,14 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	l.state = leaseReleasing
 	l.mu.Unlock()
-	if !l.s.lk.handOff(l.slot, l.s, l.token) {
+	handedOff := l.s.lk.handOff(l.slot, l.s, l.token)
+	if !handedOff {
 		rctx, cancel := detached(ctx)
 		start := time.Now()
 		err := l.giveBack(rctx)
 		cancel()
 		l.s.lk.gaveBack(l.slot, time.Since(start))
+		l.observeRelease(err)
 		if err != nil {
 			l.mu.Lock()
 			l.state = leaseHeld
@@ -113,6 +116,9 @@ func (l *Lease) Release(ctx context.Context) error {
 			}
 			return fmt.Errorf("consullock: release %q: %w", l.key, err)
 		}
+	}
+	if handedOff {
+		l.observeRelease(nil)
 	}
 	l.mu.Lock()
 	l.state = leaseReleased
@@ -191,7 +197,16 @@ func (l *Lease) lose(err error) bool {
 	if notify != nil {
 		notify(err)
 	}
+	if o := l.s.lk.cfg.Observer; o != nil {
+		o.Lost(LostEvent{Key: l.key, Token: l.token, Held: time.Since(l.acquired), Cause: err})
+	}
 	return true
+}
+
+func (l *Lease) observeRelease(err error) {
+	if o := l.s.lk.cfg.Observer; o != nil {
+		o.Released(ReleaseEvent{Key: l.key, Token: l.token, Held: time.Since(l.acquired), Err: err})
+	}
 }
 
 // end finishes the lease once: it gives the key back when asked (the lease

@@ -56,9 +56,11 @@ const (
 
 // hold is one acquisition of a lock.
 type hold struct {
-	session string
-	token   uint64
-	expires time.Time // the local deadline: Consul may free the key from then on
+	session  string
+	token    uint64
+	expires  time.Time // the local deadline: Consul may free the key from then on
+	acquired time.Time // when the acquire returned
+	attempts int       // writes that tried to take the key
 }
 
 // NewEphemeralLock builds a lock on the key that Defaults.KeyPattern (or
@@ -136,11 +138,13 @@ func (l *EphemeralLock) acquire(ctx context.Context, onLost context.CancelCauseF
 
 // tryAcquire acquires, and makes the end of the hold call onLost, if set.
 func (l *EphemeralLock) tryAcquire(ctx context.Context, onLost context.CancelCauseFunc) (bool, error) {
+	start := time.Now()
 	ctx, err := l.begin(ctx, onLost)
 	if err != nil {
 		return false, err
 	}
 	h, err := l.contend(ctx)
+	h.acquired = time.Now()
 	if h.token != 0 && ctx.Err() != nil {
 		// Cancelled, by the caller or by Release, just as the key was won:
 		// give it back rather than report a lock Release took for not held.
@@ -151,9 +155,16 @@ func (l *EphemeralLock) tryAcquire(ctx context.Context, onLost context.CancelCau
 	}
 	l.end(ctx, h)
 	if err != nil {
-		return false, fmt.Errorf("consullock: acquire %q: %w", l.key, err)
+		err = fmt.Errorf("consullock: acquire %q: %w", l.key, err)
 	}
-	return h.token != 0, nil
+	if o := l.cfg.Observer; o != nil {
+		e := AcquireEvent{Key: l.key, Token: h.token, Wait: time.Since(start), Attempts: h.attempts, Err: err}
+		if err == nil && h.token == 0 {
+			e.Err = l.notAcquired()
+		}
+		o.Acquired(e)
+	}
+	return h.token != 0, err
 }
 
 // Release gives the lock back: it stops renewing the session, deletes the
@@ -165,6 +176,12 @@ func (l *EphemeralLock) tryAcquire(ctx context.Context, onLost context.CancelCau
 // failed Release may be retried; if it is not, Consul frees the key when the
 // session's TTL runs out.
 func (l *EphemeralLock) Release(ctx context.Context) error {
+	var released *ReleaseEvent // told to the Observer once l.mu is unlocked
+	defer func() {
+		if released != nil {
+			l.cfg.Observer.Released(*released)
+		}
+	}()
 	l.mu.Lock()
 	if l.state == stateAcquiring {
 		l.cancel()
@@ -186,7 +203,11 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 	l.stopRenew()
 	rctx, cancel := detached(ctx)
 	defer cancel()
-	if err := l.giveBack(rctx, l.hold.session, l.hold.token); err != nil {
+	err := l.giveBack(rctx, l.hold.session, l.hold.token)
+	if l.cfg.Observer != nil {
+		released = &ReleaseEvent{Key: l.key, Token: l.hold.token, Held: time.Since(l.hold.acquired), Err: err}
+	}
+	if err != nil {
 		l.endHold(true)
 		return fmt.Errorf("consullock: release %q: %w", l.key, err)
 	}
@@ -265,8 +286,10 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 		}
 	}()
 	w := &keyWatch{conn: l.conn, key: l.key, deadline: deadline, maxWait: l.cfg.LockTimeout / 2,
-		beforeQuery: func(ctx context.Context) error { return l.freshen(ctx, &h, deadline) }}
+		beforeQuery: func(ctx context.Context) error { return l.freshen(ctx, &h, deadline) },
+		onHolder:    contended(l.cfg.Observer, l.key)}
 	for {
+		h.attempts++
 		// A take that may have applied although it failed needs no care
 		// here: destroying the session deletes the key.
 		if h.token, _, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline); h.token != 0 || err != nil {
@@ -299,7 +322,7 @@ func (l *EphemeralLock) freshen(ctx context.Context, h *hold, deadline time.Time
 		return nil
 	}
 	sent := time.Now()
-	switch err := renewSession(ctx, l.conn, h.session, deadline); {
+	switch err := renewSession(ctx, l.conn, h.session, deadline, l.cfg.Observer); {
 	case err == errSessionGone:
 		return l.newSession(ctx, h, deadline)
 	case err != nil:
@@ -341,8 +364,21 @@ func notAcquiredError(key string, holder *api.KVPair, timeout time.Duration) err
 	if holder == nil {
 		return fmt.Errorf("%w: %q held by another session", ErrNotAcquired, key)
 	}
-	return fmt.Errorf("%w: %q held by session %s (value %.200q) for the whole acquire timeout (%v)",
-		ErrNotAcquired, key, holder.Session, holder.Value, timeout)
+	who := "session " + holder.Session
+	// Name the holder from a value in the default format only: a value of
+	// another shape may hold anything, and errors end up in logs.
+	if h, err := ParseHolder(holder.Value); err == nil && (h.Host != "" || h.PID != 0) {
+		who += fmt.Sprintf(" (host %.100q, pid %d, since %.40q)", h.Host, h.PID, h.LockedAt)
+	}
+	return fmt.Errorf("%w: %q held by %s for the whole acquire timeout (%v)", ErrNotAcquired, key, who, timeout)
+}
+
+// contended returns the keyWatch hook that tells o of a holder, or nil.
+func contended(o Observer, key string) func(string) {
+	if o == nil {
+		return nil
+	}
+	return func(holder string) { o.Contended(ContendEvent{Key: key, Holder: holder}) }
 }
 
 // deadlineAfter is time.Now().Add(d) without overflow for huge timeouts.

@@ -68,6 +68,19 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
+	start, attempts := time.Now(), 0
+	lease, err := lk.acquire(ctx, key, &attempts)
+	if o := lk.cfg.Observer; o != nil {
+		e := AcquireEvent{Key: key, Wait: time.Since(start), Attempts: attempts, Err: err}
+		if lease != nil {
+			e.Token = lease.token
+		}
+		o.Acquired(e)
+	}
+	return lease, err
+}
+
+func (lk *Locker) acquire(ctx context.Context, key string, attempts *int) (*Lease, error) {
 	deadline := deadlineAfter(lk.cfg.AcquireTimeout)
 	slot, err := lk.takeTurn(ctx, key, deadline)
 	if err != nil {
@@ -79,7 +92,7 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 			return nil, err
 		}
 	}
-	lease, err := lk.contend(ctx, key, slot, deadline)
+	lease, err := lk.contend(ctx, key, slot, deadline, attempts)
 	if err != nil {
 		lk.leave(key, slot, true)
 		return nil, fmt.Errorf("consullock: acquire %q: %w", key, err)
@@ -133,14 +146,15 @@ func (lk *Locker) Close(ctx context.Context) error {
 // while another session holds it. A session that ends meanwhile is replaced.
 // The caller has the turn on key, so a key that the session holds is this
 // goroutine's to take or to give back.
-func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time) (*Lease, error) {
-	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline}
+func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time, attempts *int) (*Lease, error) {
+	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline, onHolder: contended(lk.cfg.Observer, key)}
 	for {
 		s, err := lk.session(ctx, deadline)
 		if err != nil {
 			return nil, err
 		}
 		acquiredAt := time.Now()
+		*attempts++
 		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):

@@ -44,7 +44,7 @@ func (l *EphemeralLock) watch(ctx context.Context, h hold) {
 
 // renew renews h's session until ctx ends, moving the local deadline on.
 func (l *EphemeralLock) renew(ctx context.Context, h hold) {
-	renewEvery(ctx, l.conn, h.session, l.cfg.LockTimeout, h.expires,
+	renewEvery(ctx, l.conn, h.session, l.cfg.LockTimeout, h.expires, l.cfg.Observer,
 		func(expires time.Time) { h.expires = expires; l.extend(h) },
 		func() { l.lose(h, "Consul invalidated its session") })
 }
@@ -63,8 +63,17 @@ func (l *EphemeralLock) extend(h hold) {
 // and stops everything that watched or renewed it.
 func (l *EphemeralLock) lose(h hold, reason string) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.loseLocked(h, reason)
+	lost := l.loseLocked(h, reason)
+	l.mu.Unlock()
+	l.observeLoss(lost, h)
+}
+
+// observeLoss tells the Observer of a loss that loseLocked reported, outside
+// l.mu: an Observer may call the lock's methods.
+func (l *EphemeralLock) observeLoss(cause error, h hold) {
+	if o := l.cfg.Observer; o != nil && cause != nil {
+		o.Lost(LostEvent{Key: l.key, Token: h.token, Held: time.Since(h.acquired), Cause: cause})
+	}
 }
 
 // expiredReason is why a hold is lost at its local deadline.
@@ -72,13 +81,15 @@ func (l *EphemeralLock) expiredReason() string {
 	return fmt.Sprintf("its session's TTL (LockTimeout %v) ran out unconfirmed", l.cfg.LockTimeout)
 }
 
-// loseLocked is lose with l.mu held.
-func (l *EphemeralLock) loseLocked(h hold, reason string) {
+// loseLocked is lose with l.mu held; it returns the loss, or nil if h was
+// not lost now.
+func (l *EphemeralLock) loseLocked(h hold, reason string) error {
 	if l.state != stateHeld || l.hold.session != h.session || l.lostErr != nil {
-		return
+		return nil
 	}
 	l.lostErr = fmt.Errorf("%w: %q (session %s, token %d): %s", ErrLockLost, l.key, h.session, h.token, reason)
 	l.endHold(true)
+	return l.lostErr
 }
 
 // errReleased is the cause of Hold's context when the lock was released
@@ -134,9 +145,13 @@ func (l *EphemeralLock) Lost() <-chan struct{} { return l.lost }
 // when a pause (a long GC, SIGSTOP, a frozen VM) delayed every goroutine.
 func (l *EphemeralLock) Err() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.state == stateHeld && !time.Now().Before(l.hold.expires) {
-		l.loseLocked(l.hold, l.expiredReason())
+	h := l.hold
+	var lost error
+	if l.state == stateHeld && !time.Now().Before(h.expires) {
+		lost = l.loseLocked(h, l.expiredReason())
 	}
-	return l.lostErr
+	err := l.lostErr
+	l.mu.Unlock()
+	l.observeLoss(lost, h)
+	return err
 }

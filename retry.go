@@ -122,12 +122,18 @@ type backoff struct{ next time.Duration }
 // wait sleeps for the next backoff step, but not past deadline. It returns
 // false, without sleeping, when the step would end past the deadline.
 func (b *backoff) wait(ctx context.Context, deadline time.Time) (bool, error) {
-	b.next = min(max(2*b.next, minBackoff), maxBackoff)
-	d := b.next/2 + rand.N(b.next/2+1) // half fixed, half random: waiters spread out
+	d := b.step()
 	if time.Until(deadline) < d {
 		return false, nil
 	}
 	return true, sleep(ctx, d)
+}
+
+// step returns the next pause: half fixed, half random, so that waiters
+// spread out.
+func (b *backoff) step() time.Duration {
+	b.next = min(max(2*b.next, minBackoff), maxBackoff)
+	return b.next/2 + rand.N(b.next/2+1)
 }
 
 // retry calls fn until it succeeds, fails for good, ctx ends, or the

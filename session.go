@@ -119,11 +119,14 @@ func destroySession(ctx context.Context, c conn, id string) error {
 
 // renewSession renews the session once, retrying transient failures until
 // deadline. It returns errSessionGone when Consul no longer knows it.
-func renewSession(ctx context.Context, c conn, id string, deadline time.Time) error {
+func renewSession(ctx context.Context, c conn, id string, deadline time.Time, o Observer) error {
 	return retry(ctx, deadline, func() error {
 		entry, _, err := c.c.Session().Renew(id, c.write(ctx))
 		if err == nil && entry == nil {
-			return errSessionGone
+			err = errSessionGone
+		}
+		if err != nil && o != nil && ctx.Err() == nil {
+			o.RenewFailed(RenewEvent{Session: id, Err: err})
 		}
 		return err
 	})

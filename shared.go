@@ -31,7 +31,7 @@ func startSharedSession(lk *Locker, id string, expires time.Time) *sharedSession
 	lk.mu.Unlock()
 	go func() {
 		defer close(s.renewed)
-		renewEvery(s.ctx, lk.conn, id, lk.cfg.sessionTTL(), expires, s.extend, func() {
+		renewEvery(s.ctx, lk.conn, id, lk.cfg.sessionTTL(), expires, lk.cfg.Observer, s.extend, func() {
 			s.end(fmt.Errorf("%w: Consul invalidated the Locker's session", ErrLockLost))
 		})
 	}()
@@ -90,7 +90,7 @@ func (s *sharedSession) end(err error) {
 // the clock of its maximum lifespan. It returns nil if the session ended.
 func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquiredAt time.Time) *Lease {
 	deadline := acquiredAt.Add(s.lk.cfg.LockTimeout)
-	l := &Lease{s: s, key: key, slot: slot, token: token, deadline: deadline, lost: make(chan struct{})}
+	l := &Lease{s: s, key: key, slot: slot, token: token, deadline: deadline, acquired: time.Now(), lost: make(chan struct{})}
 	s.lk.mu.Lock()
 	defer s.lk.mu.Unlock()
 	if s.lostErr != nil {

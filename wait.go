@@ -26,6 +26,8 @@ type keyWatch struct {
 	// a waiter whose session ages while it waits renews it there. Optional.
 	maxWait     time.Duration
 	beforeQuery func(ctx context.Context) error
+	// onHolder, if set, is told of each new holder the wait finds.
+	onHolder func(holder string)
 
 	index   uint64      // Consul index of the last answer; 0 asks without blocking
 	holder  *api.KVPair // the key as last seen held, for error messages
@@ -67,6 +69,9 @@ func (w *keyWatch) untilFree(ctx context.Context) error {
 		w.retry, w.failing = backoff{}, nil
 		if pair == nil || pair.Session == "" {
 			return w.free(ctx)
+		}
+		if w.onHolder != nil && (w.holder == nil || w.holder.Session != pair.Session) {
+			w.onHolder(pair.Session)
 		}
 		w.holder, w.poll, w.sawFree = pair, 0, false
 	}

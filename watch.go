@@ -35,9 +35,13 @@ func watchHeld(ctx context.Context, c conn, key, session string, token uint64, s
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			if _, err := b.wait(ctx, time.Now().Add(2*maxBackoff)); err != nil {
-				return
+			t := time.NewTimer(b.step())
+			select { // a released hold ends the watch at once, even here
+			case <-t.C:
+			case <-ctx.Done():
+			case <-done:
 			}
+			t.Stop()
 			continue
 		case pair == nil:
 			lost("its key was deleted", false)
@@ -59,11 +63,11 @@ func watchHeld(ctx context.Context, c conn, key, session string, token uint64, s
 // deadline. gone is called when Consul no longer knows the session; when the
 // deadline passes unconfirmed, renewEvery returns and the caller's timer
 // reports the loss.
-func renewEvery(ctx context.Context, c conn, session string, ttl time.Duration, expires time.Time,
+func renewEvery(ctx context.Context, c conn, session string, ttl time.Duration, expires time.Time, o Observer,
 	renewed func(expires time.Time), gone func()) {
 	for sleep(ctx, time.Until(expires.Add(-ttl/2))) == nil {
 		sent := time.Now()
-		switch err := renewSession(ctx, c, session, expires); {
+		switch err := renewSession(ctx, c, session, expires, o); {
 		case ctx.Err() != nil:
 			return
 		case err == errSessionGone:
