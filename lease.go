@@ -193,12 +193,12 @@ func (l *Lease) lose(err error) bool {
 	l.state, l.lostErr = leaseLost, err
 	notify := l.onLost
 	l.mu.Unlock()
+	if o := l.s.lk.cfg.Observer; o != nil { // told first: when Lost fires, metrics agree
+		o.Lost(LostEvent{Key: l.key, Token: l.token, Held: time.Since(l.acquired), Cause: err})
+	}
 	close(l.lost)
 	if notify != nil {
 		notify(err)
-	}
-	if o := l.s.lk.cfg.Observer; o != nil {
-		o.Lost(LostEvent{Key: l.key, Token: l.token, Held: time.Since(l.acquired), Cause: err})
 	}
 	return true
 }

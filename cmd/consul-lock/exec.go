@@ -52,6 +52,7 @@ type execFlags struct {
 	grace      time.Duration
 	conflict   int
 	keyPattern string
+	verbose    bool
 }
 
 func runExec(ctx context.Context, args []string, s stdio) error {
@@ -66,6 +67,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	fs.DurationVar(&f.grace, "grace", 5*time.Second, "time between SIGTERM and SIGKILL when COMMAND must stop")
 	fs.IntVar(&f.conflict, "conflict-exit-code", exitConflict, "exit status when the lock is not acquired in time")
 	fs.StringVar(&f.keyPattern, "key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
+	fs.BoolVar(&f.verbose, "v", false, "print the wait, the hold time and the fencing token to stderr")
 	fs.Usage = func() { fmt.Fprint(s.errOut, execUsage); fs.PrintDefaults() }
 	if err := parseFlags(fs, args, s.errOut, 2, -1); err != nil {
 		return err
@@ -84,7 +86,12 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	if err != nil {
 		return err
 	}
+	var observer consullock.Observer
+	if f.verbose {
+		observer = verbose{s.errOut}
+	}
 	lock, err := consullock.NewEphemeralLock(name,
+		consullock.WithObserver(observer),
 		consullock.WithClient(client),
 		consullock.WithKeyPattern(f.keyPattern),
 		consullock.WithLockTimeout(f.ttl),

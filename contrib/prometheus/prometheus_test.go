@@ -1,0 +1,76 @@
+package prometheus_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	prom "github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/contrib/prometheus"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+func TestMain(m *testing.M) { consultest.Main(m) }
+
+// Lock cycles, a timed-out acquire, contention and a loss on a real agent
+// show up in the metrics, labelled by key prefix.
+func TestMetricsFollowLockEvents(t *testing.T) {
+	c := consultest.Client(t)
+	reg := prom.NewRegistry()
+	o, err := prometheus.New(reg, prometheus.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithObserver(o), consullock.WithAcquireTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Close(ctx)
+	for range 3 {
+		if err := lk.Hold(ctx, "billing/invoice-1", func(context.Context) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithObserver(o), consullock.WithAcquireTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	held, err := lk.Acquire(ctx, "billing/invoice-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Acquire(ctx, "billing/invoice-2"); err == nil {
+		t.Fatal("acquired a held lock")
+	}
+	held.Lost()
+	if _, err := c.Session().Destroy(held.Session(), nil); err != nil {
+		t.Fatal(err)
+	}
+	<-held.Lost()
+
+	const want = `
+# HELP consullock_acquires_total Acquires by result: acquired, timeout or error.
+# TYPE consullock_acquires_total counter
+consullock_acquires_total{prefix="locks/ephemeral/billing",result="acquired"} 4
+consullock_acquires_total{prefix="locks/ephemeral/billing",result="timeout"} 1
+# HELP consullock_contentions_total Acquires that found the key held by another session.
+# TYPE consullock_contentions_total counter
+consullock_contentions_total{prefix="locks/ephemeral/billing"} 1
+# HELP consullock_losses_total Locks lost while held.
+# TYPE consullock_losses_total counter
+consullock_losses_total{prefix="locks/ephemeral/billing"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"consullock_acquires_total", "consullock_contentions_total", "consullock_losses_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(reg, "consullock_hold_seconds"); n != 1 {
+		t.Errorf("%d hold-time series, want 1 (one prefix)", n)
+	}
+}
