@@ -25,7 +25,9 @@ type Impl struct {
 	Shared bool
 	// New returns the cycle function of one worker (a process, in effect)
 	// and a function that frees what the worker holds.
-	New func(c *api.Client) (cycle func(ctx context.Context, key string, inside func()) error, done func(), err error)
+	// consullock's implementations report to o, the same Observer
+	// applications use, from which the run counts acquire attempts.
+	New func(c *api.Client, o consullock.Observer) (cycle func(ctx context.Context, key string, inside func()) error, done func(), err error)
 }
 
 // Impls are the implementations compared. The raw floor is no lock: two KV
@@ -40,7 +42,7 @@ var LockerShared = Impl{Name: "consullock Locker, shared", Shared: true, New: Lo
 
 // RawFloor is two raw KV PUTs: the cost of one consensus write to take a
 // lock and one to give it back.
-var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client) (func(context.Context, string, func()) error, func(), error) {
+var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	return func(ctx context.Context, key string, inside func()) error {
 		w := (&api.WriteOptions{}).WithContext(ctx)
 		if _, err := c.KV().Put(&api.KVPair{Key: rawPrefix + key, Value: []byte("1")}, w); err != nil {
@@ -53,8 +55,8 @@ var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client) (fun
 }}
 
 // Locker is consullock's Locker, one per worker, as separate processes use it.
-var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Client) (func(context.Context, string, func()) error, func(), error) {
-	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute))
+var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(o))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -69,9 +71,9 @@ var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Cl
 }}
 
 // Ephemeral is consullock's EphemeralLock: a session per lock.
-var Ephemeral = Impl{Name: "consullock EphemeralLock", New: func(c *api.Client) (func(context.Context, string, func()) error, func(), error) {
+var Ephemeral = Impl{Name: "consullock EphemeralLock", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	return func(ctx context.Context, key string, inside func()) error {
-		l, err := consullock.NewEphemeralLock(key, consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute))
+		l, err := consullock.NewEphemeralLock(key, consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(o))
 		if err != nil {
 			return err
 		}
@@ -85,7 +87,7 @@ var Ephemeral = Impl{Name: "consullock EphemeralLock", New: func(c *api.Client) 
 
 // ConsulAPI is consul/api's Lock, used as its documentation shows: one Lock
 // per worker, Lock and Unlock for each cycle.
-var ConsulAPI = Impl{Name: "consul/api Lock", New: func(c *api.Client) (func(context.Context, string, func()) error, func(), error) {
+var ConsulAPI = Impl{Name: "consul/api Lock", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	locks := map[string]*api.Lock{}
 	return func(ctx context.Context, key string, inside func()) error {
 			full := apiPrefix + key
@@ -132,15 +134,19 @@ func Cleanup(ctx context.Context, c *api.Client) error {
 
 // Result is what one run measured.
 type Result struct {
-	Impl       string          `json:"impl"`
-	Workers    int             `json:"workers"`
-	Cycles     int             `json:"cycles"`
-	Seconds    float64         `json:"seconds"`
-	PerSecond  float64         `json:"cycles_per_second"`
-	P50        time.Duration   `json:"p50_ns"`
-	P99        time.Duration   `json:"p99_ns"`
-	HandoffP50 time.Duration   `json:"handoff_p50_ns,omitempty"`
-	Latencies  []time.Duration `json:"-"` // of each cycle, sorted
+	Impl       string        `json:"impl"`
+	Workers    int           `json:"workers"`
+	Cycles     int           `json:"cycles"`
+	Seconds    float64       `json:"seconds"`
+	PerSecond  float64       `json:"cycles_per_second"`
+	P50        time.Duration `json:"p50_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	HandoffP50 time.Duration `json:"handoff_p50_ns,omitempty"`
+	// AttemptsPerAcquire is the mean number of writes that tried to take the
+	// key per successful acquire, from consullock's Observer: 1 means no
+	// failed attempt, more is the cost of waiters racing (consullock only).
+	AttemptsPerAcquire float64         `json:"attempts_per_acquire,omitempty"`
+	Latencies          []time.Duration `json:"-"` // of each cycle, sorted
 }
 
 // Spec says how long a run lasts: Cycles lock cycles in all, or, when
@@ -173,6 +179,7 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 		defer stop.Stop()
 	}
 	res := Result{Impl: impl.Name, Workers: workers}
+	count := &attemptCounter{}
 	var (
 		mu          sync.Mutex
 		latencies   = make([]time.Duration, 0, min(cycles, 1<<16))
@@ -187,7 +194,7 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 	var end atomic.Int64 // unix nanos when a timed run's clock stopped
 	var shared func(context.Context, string, func()) error
 	if impl.Shared {
-		cycle, done, err := impl.New(c)
+		cycle, done, err := impl.New(c, count)
 		if err != nil {
 			return res, err
 		}
@@ -198,7 +205,7 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 		cycle, done := shared, func() {}
 		if shared == nil {
 			var err error
-			if cycle, done, err = impl.New(c); err != nil {
+			if cycle, done, err = impl.New(c, count); err != nil {
 				return res, err
 			}
 		}
@@ -251,6 +258,9 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 	res.PerSecond = float64(res.Cycles) / res.Seconds
 	res.P50, res.P99 = Percentile(latencies, 50), Percentile(latencies, 99)
 	res.HandoffP50 = Percentile(handoffs, 50)
+	if n := count.acquires.Load(); n > 0 {
+		res.AttemptsPerAcquire = float64(count.attempts.Load()) / float64(n)
+	}
 	return res, nil
 }
 
@@ -260,4 +270,17 @@ func Percentile(sorted []time.Duration, p int) time.Duration {
 		return 0
 	}
 	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
+// attemptCounter is the Observer a run gives consullock's implementations.
+type attemptCounter struct {
+	consullock.NopObserver
+	acquires, attempts atomic.Int64
+}
+
+func (a *attemptCounter) Acquired(e consullock.AcquireEvent) {
+	if e.Err == nil {
+		a.acquires.Add(1)
+		a.attempts.Add(int64(e.Attempts))
+	}
 }
