@@ -102,7 +102,7 @@ type write struct {
 // TestHistoryUnderFaults runs workers, each a Locker of its own as separate
 // processes would have, against a 3-server cluster while the leader is
 // killed and restarted, the agent some workers use is frozen and thawed, and
-// a proxy breaks a tenth of the requests of the others. Each holder makes
+// a proxy delays every request of the others by 2 ms and breaks a tenth. Each holder makes
 // fenced writes of its token to keys of their own; afterwards the history is
 // checked: every acknowledged write is in Consul, and in Consul's commit order
 // the tokens never go down, which is to say no two holders overlapped.
@@ -122,6 +122,7 @@ func TestHistoryUnderFaults(t *testing.T) {
 	}
 	proxied, proxy := proxiedClient(t, followers[0].HTTPAddr())
 	proxy.SetFaults(0.1, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
+	proxy.SetLatency(2 * time.Millisecond)
 	direct := consultest.ClientOf(t, followers[1])
 	name, prefix := lockName(t, "k"), "hist/"+lockName(t, "")
 
@@ -189,7 +190,7 @@ func TestHistoryUnderFaults(t *testing.T) {
 	wg.Wait()
 
 	checkHistory(t, direct, prefix, acked)
-	t.Logf("%d lock cycles by 4 workers; faults: 1 leader kill and restart, 1 agent frozen 4s, proxy %v; %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
+	t.Logf("%d lock cycles by 4 workers; faults: 1 leader kill and restart, 1 agent frozen 4s, proxy (+2 ms each) %v; %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
 		cycles, proxy.Counts(), len(failures), len(acked))
 	if len(failures) > 0 {
 		t.Logf("first failed acquire: %s", failures[0])
