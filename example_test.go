@@ -183,3 +183,29 @@ func ExampleLocker_Hold() {
 	}
 	// Output: charging invoice 42, once in the whole cluster
 }
+
+// Candidates campaign; the one that leads does the leader's work until it
+// resigns or its term is lost.
+func ExampleElection_Campaign() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	election, err := consullock.NewElection("scheduler", consullock.WithClient(client))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	term, err := election.Campaign(ctx, []byte("10.0.0.7:8080"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	leader, _ := election.Leader(ctx)
+	fmt.Printf("leading as %s\n", leader.Value)
+	select {
+	case <-term.Lost(): // stop acting as leader: another may lead now
+	default:
+	}
+	term.Resign(ctx)
+	// Output: leading as 10.0.0.7:8080
+}
