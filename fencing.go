@@ -43,13 +43,18 @@ func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session 
 		return 0, errors.New("Consul's answer has no index")
 	}
 	for _, e := range resp.Errors {
-		// Consul's words (agent/consul/txn_endpoint.go, state/txn.go) for a
-		// key that another session holds or that a lock delay keeps.
-		if !strings.Contains(e.What, "lock is already held") && !strings.Contains(e.What, "due to lock delay") {
+		if !heldElsewhere(e.What) {
 			return 0, errors.New(e.What)
 		}
 	}
 	return 0, nil
+}
+
+// heldElsewhere recognises Consul's words (agent/consul/txn_endpoint.go,
+// state/txn.go) for a lock operation on a key that another session holds or
+// that a lock delay keeps.
+func heldElsewhere(what string) bool {
+	return strings.Contains(what, "lock is already held") || strings.Contains(what, "due to lock delay")
 }
 
 // releaseKey gives back a key taken with token by a session no one else
