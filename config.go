@@ -58,6 +58,11 @@ type Config struct {
 	// [MinLockTimeout, MaxLockTimeout]. EphemeralLock does not use it.
 	SessionTTL time.Duration
 
+	// Reentrant lets a Locker's Acquire of a name whose lease the context
+	// carries count one more hold instead of waiting (see ContextWithLease).
+	// Off by default; an EphemeralLock, being single use, ignores it.
+	Reentrant bool
+
 	// Observer, when not nil, receives the lock's events (see Observer).
 	Observer Observer
 
@@ -115,6 +120,9 @@ func WithToken(token string) Option { return func(cfg *Config) { cfg.Token = tok
 
 // WithSessionTTL sets the TTL of a Locker's shared session.
 func WithSessionTTL(d time.Duration) Option { return func(cfg *Config) { cfg.SessionTTL = d } }
+
+// WithReentrancy makes a Locker reentrant; see Config.Reentrant.
+func WithReentrancy() Option { return func(cfg *Config) { cfg.Reentrant = true } }
 
 // WithObserver sets the Observer that receives the lock's events.
 func WithObserver(o Observer) Option { return func(cfg *Config) { cfg.Observer = o } }

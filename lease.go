@@ -31,7 +31,8 @@ type Lease struct {
 	state   leaseState
 	maxLife *time.Timer // ends the lease when the maximum lifespan passes
 	lostErr error
-	onLost  func(error)
+	onLost  map[*func(error)]struct{} // Holds' cancellations, told of the end
+	holds   int                       // reentrant holds beyond the first (see reentrant.go)
 }
 
 type leaseState int
@@ -92,6 +93,9 @@ func (l *Lease) Err() error {
 // nothing. A failed Release may be retried; if it is not, the Locker gives
 // the key back when its maximum lifespan passes.
 func (l *Lease) Release(ctx context.Context) error {
+	if l.unhold() { // a reentrant hold ends; the outer ones go on
+		return nil
+	}
 	l.mu.Lock()
 	if l.state != leaseHeld {
 		l.mu.Unlock()
@@ -122,11 +126,11 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	l.mu.Lock()
 	l.state = leaseReleased
-	notify := l.onLost
+	notify := l.listeners()
 	l.mu.Unlock()
 	close(l.lost)
-	if notify != nil {
-		notify(errReleased)
+	for _, fn := range notify {
+		fn(errReleased)
 	}
 	l.end(false)
 	return nil
@@ -151,16 +155,35 @@ func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
 	return putFenced(ctx, l.s.lk.conn, l.CheckOp(), l.key, key, value)
 }
 
-// notify makes the lease call fn with the loss, for Hold.
-func (l *Lease) notify(fn func(error)) {
+// notify makes the lease call fn when it ends, with the loss or
+// errReleased, for Hold (nested Holds of a reentrant lease each register);
+// the returned function unregisters fn.
+func (l *Lease) notify(fn func(error)) (unregister func()) {
 	l.mu.Lock()
-	l.onLost = fn
+	if l.onLost == nil {
+		l.onLost = map[*func(error)]struct{}{}
+	}
+	l.onLost[&fn] = struct{}{}
 	err := l.lostErr
 	l.mu.Unlock()
 	if err != nil {
 		fn(err)
 	}
 	l.Lost() // Hold must hear of a loss: start the watch
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		delete(l.onLost, &fn)
+	}
+}
+
+// listeners returns the functions to tell of the end. l.mu is held.
+func (l *Lease) listeners() []func(error) {
+	fns := make([]func(error), 0, len(l.onLost))
+	for fn := range l.onLost {
+		fns = append(fns, *fn)
+	}
+	return fns
 }
 
 func (l *Lease) lifespanErr() error {
@@ -191,14 +214,14 @@ func (l *Lease) lose(err error) bool {
 		return false
 	}
 	l.state, l.lostErr = leaseLost, err
-	notify := l.onLost
+	notify := l.listeners()
 	l.mu.Unlock()
 	if o := l.s.lk.cfg.Observer; o != nil { // told first: when Lost fires, metrics agree
 		o.Lost(LostEvent{Key: l.key, Token: l.token, Held: time.Since(l.acquired), Cause: err})
 	}
 	close(l.lost)
-	if notify != nil {
-		notify(err)
+	for _, fn := range notify {
+		fn(err)
 	}
 	return true
 }

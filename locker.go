@@ -68,6 +68,9 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
+	if l := lk.reenter(ctx, key); l != nil {
+		return l, nil
+	}
 	start, attempts := time.Now(), 0
 	lease, err := lk.acquire(ctx, key, &attempts)
 	if o := lk.cfg.Observer; o != nil {
@@ -111,7 +114,8 @@ func (lk *Locker) Hold(ctx context.Context, name string, fn func(ctx context.Con
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	lease.notify(cancel)
+	defer lease.notify(cancel)()
+	ctx = ContextWithLease(ctx, lease)
 	defer func() {
 		rctx, rcancel := detached(ctx)
 		defer rcancel()

@@ -1,0 +1,56 @@
+package consullock
+
+import "context"
+
+// Reentrancy, opt-in for a Locker (WithReentrancy): a goroutine that holds a
+// lease and passes the context that carries it down its call chain may
+// acquire the same name again; the lease counts its holds and gives the lock
+// back only when the count returns to zero. Another session, or code that
+// does not have the context, is still refused. Go has no goroutine identity,
+// so the context is what says "the same holder".
+
+type leaseKey struct{}
+
+// ContextWithLease returns a context that carries lease, so that a
+// reentrant Locker's Acquire given it (or a context derived from it) for the
+// same name counts one more hold instead of waiting. Hold does this for its
+// function.
+func ContextWithLease(ctx context.Context, lease *Lease) context.Context {
+	held, _ := ctx.Value(leaseKey{}).([]*Lease)
+	return context.WithValue(ctx, leaseKey{}, append(held[:len(held):len(held)], lease))
+}
+
+// reenter counts one more hold on a lease that ctx carries for key, if the
+// Locker is reentrant and the lease is still held.
+func (lk *Locker) reenter(ctx context.Context, key string) *Lease {
+	if !lk.cfg.Reentrant {
+		return nil
+	}
+	held, _ := ctx.Value(leaseKey{}).([]*Lease)
+	for _, l := range held {
+		if l.s.lk == lk && l.key == key {
+			l.mu.Lock()
+			ok := l.state == leaseHeld
+			if ok {
+				l.holds++
+			}
+			l.mu.Unlock()
+			if ok {
+				return l
+			}
+		}
+	}
+	return nil
+}
+
+// unhold counts one hold less; it reports whether holds remain, in which
+// case the release stops there.
+func (l *Lease) unhold() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holds > 0 {
+		l.holds--
+		return true
+	}
+	return false
+}
