@@ -19,9 +19,11 @@ import (
 // a transaction so that Consul answers with the index of the write: the
 // fencing token, at no extra round trip. Retrying is safe: a session may take
 // a key it already holds.
-func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time) (token uint64, maybeTaken bool, err error) {
+//
+// also are operations to apply in the same transaction when the key is taken.
+func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time, also ...*api.KVTxnOp) (token uint64, maybeTaken bool, err error) {
 	err = retry(ctx, deadline, func() (err error) {
-		token, err = takeKeyOnce(ctx, c, key, value, session)
+		token, err = takeKeyOnce(ctx, c, key, value, session, also)
 		maybeTaken = maybeTaken || !unapplied(err)
 		return err
 	})
@@ -31,13 +33,13 @@ func takeKey(ctx context.Context, c conn, key string, value []byte, session stri
 	return token, false, nil
 }
 
-func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string) (uint64, error) {
-	ops := api.KVTxnOps{{Verb: api.KVLock, Key: key, Value: value, Session: session}}
+func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string, also api.KVTxnOps) (uint64, error) {
+	ops := append(api.KVTxnOps{{Verb: api.KVLock, Key: key, Value: value, Session: session}}, also...)
 	ok, resp, err := kvTxn(ctx, c, ops)
 	switch {
 	case err != nil:
 		return 0, err
-	case ok && len(resp.Results) == 1 && resp.Results[0].ModifyIndex != 0:
+	case ok && len(resp.Results) >= 1 && resp.Results[0].ModifyIndex != 0:
 		return resp.Results[0].ModifyIndex, nil
 	case ok:
 		return 0, errors.New("Consul's answer has no index")

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Locker takes locks for one process through a single Consul session that
@@ -152,14 +154,32 @@ func (lk *Locker) Close(ctx context.Context) error {
 // goroutine's to take or to give back.
 func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time, attempts *int) (*Lease, error) {
 	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline, onHolder: contended(lk.cfg.Observer, key)}
-	for {
+	for queued := ""; ; {
 		s, err := lk.session(ctx, deadline)
 		if err != nil {
 			return nil, err
 		}
+		var leave []*api.KVTxnOp // the write that takes the lock also leaves the queue
+		if lk.cfg.Fair {
+			if queued != s.id {
+				waited, err := lk.enqueue(ctx, key, s.id, deadline)
+				queued = s.id
+				if err == nil && waited {
+					err = w.untilFree(ctx) // the predecessor has just taken it: no write in vain
+				}
+				if err != nil {
+					lk.dequeue(ctx, key, queued)
+					if errors.Is(err, errDeadline) {
+						return nil, notAcquiredError(key, w.holder, lk.cfg.AcquireTimeout)
+					}
+					return nil, err
+				}
+			}
+			leave = append(leave, leaveQueue(key, queued))
+		}
 		acquiredAt := time.Now()
 		*attempts++
-		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline)
+		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline, leave...)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):
 			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))
@@ -170,6 +190,9 @@ func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadli
 				deleteIfHeld(cctx, lk.conn, key, s.id)
 				cancel()
 			}
+			if queued != "" {
+				lk.dequeue(ctx, key, queued)
+			}
 			return nil, err
 		case token != 0:
 			lk.took(slot)
@@ -178,7 +201,11 @@ func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadli
 			}
 			continue // the session ended just now: take the key with the next
 		}
-		switch err := w.untilFree(ctx); {
+		err = w.untilFree(ctx)
+		if err != nil && queued != "" {
+			lk.dequeue(ctx, key, queued)
+		}
+		switch {
 		case errors.Is(err, errDeadline):
 			return nil, notAcquiredError(key, w.holder, lk.cfg.AcquireTimeout)
 		case err != nil:

@@ -74,7 +74,7 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 func (lk *Locker) handOff(slot *keySlot, s *sharedSession, token uint64) bool {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
-	if slot.refs > 1 && slot.streak < maxHandoffs && s.lostErr == nil && lk.sess == s {
+	if !lk.cfg.Fair && slot.refs > 1 && slot.streak < maxHandoffs && s.lostErr == nil && lk.sess == s {
 		slot.kept, slot.token = s.id, token
 		slot.streak++
 		return true

@@ -164,8 +164,8 @@ func TestBenchReportsEveryCase(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.out), &report); err != nil {
 		t.Fatalf("bench -json printed %q: %v", r.out, err)
 	}
-	if len(report.Uncontended) != 5 || len(report.Contended) != 4 {
-		t.Fatalf("%d uncontended and %d contended results, want 5 and 4", len(report.Uncontended), len(report.Contended))
+	if len(report.Uncontended) != 6 || len(report.Contended) != 5 {
+		t.Fatalf("%d uncontended and %d contended results, want 6 and 5", len(report.Uncontended), len(report.Contended))
 	}
 	for _, x := range append(report.Uncontended, report.Contended...) {
 		if x.Cycles == 0 || x.P50 <= 0 || x.PerSecond <= 0 {

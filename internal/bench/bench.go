@@ -33,8 +33,14 @@ type Impl struct {
 // Impls are the implementations compared. The raw floor is no lock: two KV
 // writes, what any lock must at least cost.
 func Impls() []Impl {
-	return []Impl{RawFloor, LockerShared, Locker, Ephemeral, ConsulAPI}
+	return []Impl{RawFloor, LockerShared, Locker, LockerFair, Ephemeral, ConsulAPI}
 }
+
+// LockerFair is a Locker per worker with fair queueing: waiters of all
+// processes served in arrival order, a release waking one of them.
+var LockerFair = Impl{Name: "consullock Locker, fair queue, one per worker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+	return newLocker(c, o, consullock.WithFairQueueing())
+}}
 
 // LockerShared is one consullock Locker shared by all workers, as the
 // goroutines of one process use it.
@@ -56,7 +62,11 @@ var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client, _ co
 
 // Locker is consullock's Locker, one per worker, as separate processes use it.
 var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
-	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(o))
+	return newLocker(c, o)
+}}
+
+func newLocker(c *api.Client, o consullock.Observer, opts ...consullock.Option) (func(context.Context, string, func()) error, func(), error) {
+	lk, err := consullock.NewLocker(append([]consullock.Option{consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(o)}, opts...)...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -68,7 +78,7 @@ var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Cl
 		inside()
 		return l.Release(ctx)
 	}, func() { lk.Close(context.Background()) }, nil
-}}
+}
 
 // Ephemeral is consullock's EphemeralLock: a session per lock.
 var Ephemeral = Impl{Name: "consullock EphemeralLock", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {

@@ -1,0 +1,87 @@
+package consullock_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+// contend runs workers, each a Locker of its own as separate processes
+// would have, for rounds cycles on one key, and returns the waits and the
+// acquire attempts per acquire.
+func contend(t *testing.T, name string, workers, rounds int, opts ...consullock.Option) (waits []time.Duration, attempts float64) {
+	c := consultest.Client(t)
+	var d overlapDetector
+	var mu sync.Mutex
+	counts := &attemptCount{}
+	var wg sync.WaitGroup
+	for range workers {
+		lk := newLocker(t, c, append(opts, consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(counts))...)
+		wg.Go(func() {
+			for range rounds {
+				start := time.Now()
+				err := lk.Hold(context.Background(), name, func(context.Context) error {
+					mu.Lock()
+					waits = append(waits, time.Since(start))
+					mu.Unlock()
+					d.section(2 * time.Millisecond)
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if d.overlaps.Load() != 0 {
+		t.Fatalf("%d overlaps", d.overlaps.Load())
+	}
+	slices.Sort(waits)
+	return waits, counts.perAcquire()
+}
+
+type attemptCount struct {
+	consullock.NopObserver
+	mu                 sync.Mutex
+	acquires, attempts int
+}
+
+func (a *attemptCount) Acquired(e consullock.AcquireEvent) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.acquires++
+	a.attempts += e.Attempts
+}
+
+func (a *attemptCount) perAcquire() float64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return float64(a.attempts) / float64(a.acquires)
+}
+
+// With fair queueing, waiters of different processes are served in arrival
+// order: one attempt per acquire (a release wakes one waiter, not all), no
+// contender key left, and the worst wait is measured against the default.
+func TestFairQueueing(t *testing.T) {
+	t.Parallel()
+	const workers, rounds = 8, 10
+	fairWaits, fairAttempts := contend(t, lockName(t, "fair"), workers, rounds, consullock.WithFairQueueing())
+	waits, defaultAttempts := contend(t, lockName(t, "default"), workers, rounds)
+	t.Logf("%d workers x %d cycles: fair queueing: worst wait %v, p50 %v, %.2f attempts per acquire; default: worst wait %v, p50 %v, %.2f attempts per acquire",
+		workers, rounds, fairWaits[len(fairWaits)-1].Round(time.Millisecond), fairWaits[len(fairWaits)/2].Round(time.Millisecond), fairAttempts,
+		waits[len(waits)-1].Round(time.Millisecond), waits[len(waits)/2].Round(time.Millisecond), defaultAttempts)
+	if fairAttempts > 1.1 {
+		t.Fatalf("%.2f attempts per acquire with fair queueing, want 1: only the head of the queue contends", fairAttempts)
+	}
+	c := consultest.Client(t)
+	if keys, _, _ := c.KV().Keys("locks/ephemeral/"+lockName(t, ""), "", nil); len(keys) != 0 {
+		t.Fatalf("keys left: %q", keys)
+	}
+}
