@@ -154,28 +154,30 @@ func (lk *Locker) Close(ctx context.Context) error {
 // goroutine's to take or to give back.
 func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time, attempts *int) (*Lease, error) {
 	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline, onHolder: contended(lk.cfg.Observer, key)}
-	for queued := ""; ; {
+	var contender, queuedBy string // the contender key, and the session that holds it
+	for {
 		s, err := lk.session(ctx, deadline)
 		if err != nil {
 			return nil, err
 		}
 		var leave []*api.KVTxnOp // the write that takes the lock also leaves the queue
 		if lk.cfg.Fair {
-			if queued != s.id {
-				waited, err := lk.enqueue(ctx, key, s.id, deadline)
-				queued = s.id
+			if queuedBy != s.id {
+				var waited bool
+				contender, waited, err = lk.enqueue(ctx, key, s.id, deadline)
+				queuedBy = s.id
 				if err == nil && waited {
 					err = w.untilFree(ctx) // the predecessor has just taken it: no write in vain
 				}
 				if err != nil {
-					lk.dequeue(ctx, key, queued)
+					lk.dequeue(ctx, contender, queuedBy)
 					if errors.Is(err, errDeadline) {
 						return nil, notAcquiredError(key, w.holder, lk.cfg.AcquireTimeout)
 					}
 					return nil, err
 				}
 			}
-			leave = append(leave, leaveQueue(key, queued))
+			leave = append(leave, leaveQueue(contender))
 		}
 		acquiredAt := time.Now()
 		*attempts++
@@ -190,8 +192,8 @@ func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadli
 				deleteIfHeld(cctx, lk.conn, key, s.id)
 				cancel()
 			}
-			if queued != "" {
-				lk.dequeue(ctx, key, queued)
+			if contender != "" {
+				lk.dequeue(ctx, contender, queuedBy)
 			}
 			return nil, err
 		case token != 0:
@@ -202,8 +204,8 @@ func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadli
 			continue // the session ended just now: take the key with the next
 		}
 		err = w.untilFree(ctx)
-		if err != nil && queued != "" {
-			lk.dequeue(ctx, key, queued)
+		if err != nil && contender != "" {
+			lk.dequeue(ctx, contender, queuedBy)
 		}
 		switch {
 		case errors.Is(err, errDeadline):

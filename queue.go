@@ -21,31 +21,31 @@ import (
 
 func queuePrefix(key string) string { return key + ".queue/" }
 
-// enqueue adds the session's contender key for key, and waits until it heads
-// the queue. waited reports that it had a predecessor, which has most likely
-// just taken the lock.
-func (lk *Locker) enqueue(ctx context.Context, key, session string, deadline time.Time) (waited bool, err error) {
-	me := queuePrefix(key) + session
+// enqueue adds a contender key of the session's for key, me, and waits
+// until it heads the queue. waited reports that it had a predecessor, which
+// has most likely just taken the lock.
+func (lk *Locker) enqueue(ctx context.Context, key, session string, deadline time.Time) (me string, waited bool, err error) {
+	me = queuePrefix(key) + session + "-" + nonce()
 	if _, _, err := takeKey(ctx, lk.conn, me, nil, session, deadline); err != nil {
-		return false, fmt.Errorf("enqueue: %w", err)
+		return me, false, fmt.Errorf("enqueue: %w", err)
 	}
 	for {
 		pred, err := lk.predecessor(ctx, key, me)
 		if err != nil || pred == "" {
-			return waited, err
+			return me, waited, err
 		}
 		waited = true
 		w := &keyWatch{conn: lk.conn, key: pred, deadline: deadline}
 		if err := w.untilFree(ctx); err != nil {
-			return waited, err
+			return me, waited, err
 		}
 	}
 }
 
 // leaveQueue is the operation, part of the write that takes the lock, that
-// removes the session's contender key.
-func leaveQueue(key, session string) *api.KVTxnOp {
-	return &api.KVTxnOp{Verb: api.KVDelete, Key: queuePrefix(key) + session}
+// removes the contender key.
+func leaveQueue(contender string) *api.KVTxnOp {
+	return &api.KVTxnOp{Verb: api.KVDelete, Key: contender}
 }
 
 // predecessor returns the contender key queued just before me, or "".
@@ -76,10 +76,9 @@ func cmpIndex(a, b uint64) int {
 	return 0
 }
 
-// dequeue removes the session's contender key for key after an acquire
-// that failed.
-func (lk *Locker) dequeue(ctx context.Context, key, session string) {
+// dequeue removes a contender key after an acquire that failed.
+func (lk *Locker) dequeue(ctx context.Context, contender, session string) {
 	cctx, cancel := detached(ctx)
 	defer cancel()
-	deleteIfHeld(cctx, lk.conn, queuePrefix(key)+session, session)
+	deleteIfHeld(cctx, lk.conn, contender, session)
 }

@@ -14,7 +14,7 @@ import (
 // contend runs workers, each a Locker of its own as separate processes
 // would have, for rounds cycles on one key, and returns the waits and the
 // acquire attempts per acquire.
-func contend(t *testing.T, name string, workers, rounds int, opts ...consullock.Option) (waits []time.Duration, attempts float64) {
+func contend(t *testing.T, name string, workers, rounds int, hold time.Duration, opts ...consullock.Option) (waits []time.Duration, attempts float64) {
 	c := consultest.Client(t)
 	var d overlapDetector
 	var mu sync.Mutex
@@ -29,7 +29,7 @@ func contend(t *testing.T, name string, workers, rounds int, opts ...consullock.
 					mu.Lock()
 					waits = append(waits, time.Since(start))
 					mu.Unlock()
-					d.section(2 * time.Millisecond)
+					d.section(hold)
 					return nil
 				})
 				if err != nil {
@@ -72,8 +72,8 @@ func (a *attemptCount) perAcquire() float64 {
 func TestFairQueueing(t *testing.T) {
 	t.Parallel()
 	const workers, rounds = 8, 10
-	fairWaits, fairAttempts := contend(t, lockName(t, "fair"), workers, rounds, consullock.WithFairQueueing())
-	waits, defaultAttempts := contend(t, lockName(t, "default"), workers, rounds)
+	fairWaits, fairAttempts := contend(t, lockName(t, "fair"), workers, rounds, 2*time.Millisecond, consullock.WithFairQueueing())
+	waits, defaultAttempts := contend(t, lockName(t, "default"), workers, rounds, 2*time.Millisecond)
 	t.Logf("%d workers x %d cycles: fair queueing: worst wait %v, p50 %v, %.2f attempts per acquire; default: worst wait %v, p50 %v, %.2f attempts per acquire",
 		workers, rounds, fairWaits[len(fairWaits)-1].Round(time.Millisecond), fairWaits[len(fairWaits)/2].Round(time.Millisecond), fairAttempts,
 		waits[len(waits)-1].Round(time.Millisecond), waits[len(waits)/2].Round(time.Millisecond), defaultAttempts)
@@ -84,4 +84,17 @@ func TestFairQueueing(t *testing.T) {
 	if keys, _, _ := c.KV().Keys("locks/ephemeral/"+lockName(t, ""), "", nil); len(keys) != 0 {
 		t.Fatalf("keys left: %q", keys)
 	}
+}
+
+// Holders that release and queue again at once must not be mistaken, by the
+// waiter watching their last contender key, for still queued (each acquire
+// has a contender key of its own): no cycle may stall.
+func TestFairQueueingFastCycles(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	waits, _ := contend(t, lockName(t, "k"), 4, 30, 0, consullock.WithFairQueueing())
+	if worst := waits[len(waits)-1]; worst > 5*time.Second {
+		t.Fatalf("a waiter stalled %v", worst)
+	}
+	t.Logf("120 fair cycles without holding in %v", time.Since(start).Round(time.Millisecond))
 }
