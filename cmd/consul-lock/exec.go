@@ -19,6 +19,7 @@ const execUsage = `Usage: consul-lock exec [flags] KEY -- COMMAND [ARG...]
 
 Waits for the lock KEY (Consul key locks/ephemeral/KEY), runs COMMAND while
 holding it, renewing the lock's session, and releases it when COMMAND exits.
+With -n N, up to N commands run at once (a semaphore of N slots).
 Exits with COMMAND's status, 128+N when it died of signal N.
 
 COMMAND gets CONSUL_LOCK_KEY, CONSUL_LOCK_SESSION and CONSUL_LOCK_TOKEN (the
@@ -38,6 +39,7 @@ Examples:
   consul-lock exec nightly-report -- ./report.sh
   consul-lock exec -try -conflict-exit-code 0 backup -- pg_dump mydb
   consul-lock exec -timeout 30s -max-hold 1h migrate -- ./migrate up
+  consul-lock exec -n 3 encoders -- ./encode.sh
 
 Flags:
 `
@@ -53,6 +55,7 @@ type execFlags struct {
 	conflict   int
 	keyPattern string
 	verbose    bool
+	n          int
 }
 
 func runExec(ctx context.Context, args []string, s stdio) error {
@@ -68,6 +71,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	fs.IntVar(&f.conflict, "conflict-exit-code", exitConflict, "exit status when the lock is not acquired in time")
 	fs.StringVar(&f.keyPattern, "key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
 	fs.BoolVar(&f.verbose, "v", false, "print the wait, the hold time and the fencing token to stderr")
+	fs.IntVar(&f.n, "n", 1, "let up to `N` holders run at once (a semaphore of N slots; at most 24h each)")
 	fs.Usage = func() { fmt.Fprint(s.errOut, execUsage); fs.PrintDefaults() }
 	if err := parseFlags(fs, args, s.errOut, 2, -1); err != nil {
 		return err
@@ -90,18 +94,47 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	if f.verbose {
 		observer = verbose{s.errOut}
 	}
-	lock, err := consullock.NewEphemeralLock(name,
+	opts := []consullock.Option{
 		consullock.WithObserver(observer),
 		consullock.WithClient(client),
 		consullock.WithKeyPattern(f.keyPattern),
-		consullock.WithLockTimeout(f.ttl),
 		consullock.WithLockDelay(f.lockDelay),
 		consullock.WithAcquireTimeout(f.acquireTimeout()),
-		consullock.WithRenewal())
+	}
+	if f.n > 1 {
+		return execInSemaphore(ctx, name, opts, argv, f, s)
+	}
+	lock, err := consullock.NewEphemeralLock(name, append(opts, consullock.WithLockTimeout(f.ttl), consullock.WithRenewal())...)
 	if err != nil {
 		return usageError{err}
 	}
-	return execLocked(ctx, lock, argv, f, s)
+	return execLocked(ctx, func(ctx context.Context) (held, error) { return lock, lock.Acquire(ctx) }, argv, f, s)
+}
+
+// execInSemaphore runs the command holding one of the n slots of the
+// semaphore name, through a Locker whose session TTL is -ttl.
+func execInSemaphore(ctx context.Context, name string, opts []consullock.Option, argv []string, f execFlags, s stdio) error {
+	lk, err := consullock.NewLocker(append(opts, consullock.WithSessionTTL(f.ttl), consullock.WithLockTimeout(consullock.MaxLockTimeout))...)
+	if err != nil {
+		return usageError{err}
+	}
+	defer lk.Close(context.WithoutCancel(ctx))
+	sem, err := lk.Semaphore(name, f.n)
+	if err != nil {
+		return usageError{err}
+	}
+	return execLocked(ctx, func(ctx context.Context) (held, error) { return sem.Acquire(ctx) }, argv, f, s)
+}
+
+// held is what exec needs of a lock it holds: an EphemeralLock, or a
+// semaphore's Lease.
+type held interface {
+	Key() string
+	Session() string
+	Token() uint64
+	Lost() <-chan struct{}
+	Err() error
+	Release(ctx context.Context) error
 }
 
 func (f *execFlags) validate() error {
@@ -110,6 +143,8 @@ func (f *execFlags) validate() error {
 		return usageError{errors.New("-timeout, -max-hold and -grace must not be negative")}
 	case f.try && f.timeout > 0:
 		return usageError{errors.New("-try and -timeout exclude each other")}
+	case f.n < 1:
+		return usageError{fmt.Errorf("-n %d: at least one holder", f.n)}
 	case f.conflict < 0 || f.conflict > 255:
 		return usageError{fmt.Errorf("-conflict-exit-code %d outside 0..255", f.conflict)}
 	}
@@ -129,21 +164,19 @@ func (f *execFlags) acquireTimeout() time.Duration {
 }
 
 // execLocked acquires the lock, runs argv under it, and releases it.
-func execLocked(ctx context.Context, lock *consullock.EphemeralLock, argv []string, f execFlags, s stdio) error {
+func execLocked(ctx context.Context, take func(context.Context) (held, error), argv []string, f execFlags, s stdio) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	acquired, err := lock.TryAcquire(ctx)
+	lock, err := take(ctx)
 	switch {
 	case ctx.Err() != nil:
 		return exitError{128 + int(lastSignal(sigs, syscall.SIGINT)), "interrupted while waiting for the lock"}
-	case errors.Is(err, consullock.ErrPermissionDenied):
-		return exitError{exitUnavailable, err.Error()}
+	case errors.Is(err, consullock.ErrNotAcquired):
+		return exitError{f.conflict, err.Error()}
 	case err != nil:
 		return exitError{exitUnavailable, err.Error()}
-	case !acquired:
-		return exitError{f.conflict, fmt.Sprintf("lock %s not acquired: held by another session", lock.Key())}
 	}
 	// From here on the lock is given back whatever happens, also after ctx was
 	// cancelled by a signal that went on to the command.
@@ -159,7 +192,7 @@ func execLocked(ctx context.Context, lock *consullock.EphemeralLock, argv []stri
 
 // supervise runs the command in a process group of its own and waits for it,
 // passing on signals, and stops it when the lock is lost or -max-hold ends.
-func supervise(lock *consullock.EphemeralLock, argv []string, f execFlags, sigs <-chan os.Signal, s stdio) error {
+func supervise(lock held, argv []string, f execFlags, sigs <-chan os.Signal, s stdio) error {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = s.in, s.out, s.errOut
 	cmd.Env = append(os.Environ(),

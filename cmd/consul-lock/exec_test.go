@@ -252,3 +252,42 @@ func TestExecVerbose(t *testing.T) {
 		}
 	}
 }
+
+// exec -n 2 lets at most two commands run at once, and two do.
+func TestExecSemaphore(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+	logPath := filepath.Join(t.TempDir(), "sections.log")
+	section := `echo "start $$" >> "$1"; sleep 0.1; echo "end $$" >> "$1"`
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 3 {
+				if r := cli(t, "exec", "-n", "2", "-timeout", "1m", key, "--", "sh", "-c", section, "sh", logPath); r.code != 0 {
+					t.Errorf("exec -n 2 exited %d: %s", r.code, r.errOut)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, most := 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if strings.HasPrefix(line, "start") {
+			running++
+		} else {
+			running--
+		}
+		most = max(most, running)
+	}
+	if most != 2 {
+		t.Fatalf("at most %d commands at once under exec -n 2, want 2", most)
+	}
+	if keys, _, _ := c.KV().Keys("locks/ephemeral/"+key, "", nil); len(keys) != 0 {
+		t.Fatalf("keys left: %q", keys)
+	}
+}
