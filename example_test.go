@@ -209,3 +209,78 @@ func ExampleElection_Campaign() {
 	term.Resign(ctx)
 	// Output: leading as 10.0.0.7:8080
 }
+
+// AcquireAll takes several locks at once or none: two callers that need the
+// same accounts, named in any order, never deadlock.
+func ExampleLocker_AcquireAll() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	locker, err := consullock.NewLocker(consullock.WithClient(client), consullock.WithAcquireTimeout(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	defer locker.Close(ctx)
+
+	leases, err := locker.AcquireAll(ctx, "accounts/alice", "accounts/bob")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("moving money between", leases[0].Key(), "and", leases[1].Key())
+	for _, l := range leases {
+		l.Release(ctx)
+	}
+	// Output: moving money between locks/ephemeral/accounts/alice and locks/ephemeral/accounts/bob
+}
+
+// A Semaphore lets up to N holders in at once.
+func ExampleLocker_Semaphore() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	locker, err := consullock.NewLocker(consullock.WithClient(client))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	defer locker.Close(ctx)
+
+	encoders, err := locker.Semaphore("video-encoders", 2)
+	if err != nil {
+		log.Fatal(err)
+	}
+	first, _ := encoders.Acquire(ctx)
+	second, _ := encoders.Acquire(ctx)
+	_, err = encoders.Acquire(ctx) // a third must wait: here, not at all
+	fmt.Println("third encoder refused:", errors.Is(err, consullock.ErrNotAcquired))
+	first.Release(ctx)
+	second.Release(ctx)
+	// Output: third encoder refused: true
+}
+
+// With reentrancy, code that holds a lock can call code that takes the same
+// lock, through the context Hold gives it.
+func ExampleWithReentrancy() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	locker, err := consullock.NewLocker(consullock.WithClient(client), consullock.WithReentrancy())
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	defer locker.Close(ctx)
+
+	updateIndex := func(ctx context.Context) error {
+		return locker.Hold(ctx, "search-index", func(context.Context) error { return nil }) // counted, not waited for
+	}
+	err = locker.Hold(ctx, "search-index", func(ctx context.Context) error {
+		return updateIndex(ctx)
+	})
+	fmt.Println("nested holds:", err)
+	// Output: nested holds: <nil>
+}
