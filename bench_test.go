@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/bench"
 	"github.com/consullock/consullock/internal/consultest"
 )
@@ -48,3 +49,25 @@ func BenchmarkContended(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkSemaphoreCycle is an uncontended cycle of a limit-3 semaphore:
+// one read of the slots and two writes.
+func BenchmarkSemaphoreCycle(b *testing.B) {
+	c := consultest.Client(b)
+	lk, err := consullock.NewLocker(consullock.WithClient(c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lk.Close(context.Background())
+	sem, err := lk.Semaphore("bench-semaphore", 3)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		l, err := sem.Acquire(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		l.Release(context.Background())
+	}
+}

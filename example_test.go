@@ -284,3 +284,22 @@ func ExampleWithReentrancy() {
 	fmt.Println("nested holds:", err)
 	// Output: nested holds: <nil>
 }
+
+// With fair queueing, waiters of every process are served in arrival order:
+// use it when many processes contend for one key.
+func ExampleWithFairQueueing() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	locker, err := consullock.NewLocker(consullock.WithClient(client), consullock.WithFairQueueing(),
+		consullock.WithAcquireTimeout(time.Minute))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	defer locker.Close(ctx)
+	err = locker.Hold(ctx, "nightly-report", func(context.Context) error { return nil })
+	fmt.Println("served in turn:", err)
+	// Output: served in turn: <nil>
+}
