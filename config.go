@@ -174,3 +174,25 @@ func (c *Config) sessionTTL() time.Duration {
 	}
 	return c.SessionTTL
 }
+
+// newConfig is Defaults with opts applied and validated, Value defaulted.
+func newConfig(opts []Option) (Config, error) {
+	cfg := Defaults
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	if cfg.Value == nil {
+		cfg.Value = DefaultValue
+	}
+	return cfg, cfg.validate()
+}
+
+// newKeyConfig is newConfig for a lock on name, with its key.
+func newKeyConfig(name string, opts []Option) (Config, string, error) {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return cfg, "", err
+	}
+	key, err := lockKey(cfg.KeyPattern, name)
+	return cfg, key, err
+}

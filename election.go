@@ -32,14 +32,7 @@ type Leader struct {
 // leader that died is replaced (its session's TTL, renewed while it leads).
 // It validates everything and talks to no one.
 func NewElection(name string, opts ...Option) (*Election, error) {
-	cfg := Defaults
-	for _, opt := range opts {
-		opt(&cfg)
-	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	key, err := lockKey(cfg.KeyPattern, name)
+	cfg, key, err := newKeyConfig(name, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -67,19 +67,9 @@ type hold struct {
 // WithKeyPattern) makes of name. It validates every setting and talks to no
 // one: a bad name or option is reported here, with nothing written to Consul.
 func NewEphemeralLock(name string, opts ...Option) (*EphemeralLock, error) {
-	cfg := Defaults
-	for _, opt := range opts {
-		opt(&cfg)
-	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	key, err := lockKey(cfg.KeyPattern, name)
+	cfg, key, err := newKeyConfig(name, opts)
 	if err != nil {
 		return nil, err
-	}
-	if cfg.Value == nil {
-		cfg.Value = DefaultValue
 	}
 	return &EphemeralLock{cfg: cfg, key: key, conn: conn{cfg.Client, cfg.Token}, lost: make(chan struct{})}, nil
 }

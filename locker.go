@@ -47,15 +47,9 @@ var errLockerClosed = errors.New("the Locker is closed")
 // NewLocker builds a Locker. It validates every setting and talks to no one;
 // the session is created by the first Acquire.
 func NewLocker(opts ...Option) (*Locker, error) {
-	cfg := Defaults
-	for _, opt := range opts {
-		opt(&cfg)
-	}
-	if err := cfg.validate(); err != nil {
+	cfg, err := newConfig(opts)
+	if err != nil {
 		return nil, err
-	}
-	if cfg.Value == nil {
-		cfg.Value = DefaultValue
 	}
 	return &Locker{cfg: cfg, conn: conn{cfg.Client, cfg.Token}, create: make(chan struct{}, 1), slots: map[string]*keySlot{}}, nil
 }
