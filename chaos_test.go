@@ -15,7 +15,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consullock/consullock"
-	"github.com/consullock/consullock/internal/consulagent"
 	"github.com/consullock/consullock/internal/consultest"
 	"github.com/consullock/consullock/internal/faultproxy"
 )
@@ -114,12 +113,7 @@ func TestHistoryUnderFaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var followers []*consulagent.Agent
-	for _, s := range cl.Servers {
-		if s != leader {
-			followers = append(followers, s)
-		}
-	}
+	followers := cl.Followers(leader)
 	proxied, proxy := proxiedClient(t, followers[0].HTTPAddr())
 	proxy.SetFaults(0.1, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
 	proxy.SetLatency(2 * time.Millisecond)

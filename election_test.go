@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/consullock/consullock"
-	"github.com/consullock/consullock/internal/consulagent"
 	"github.com/consullock/consullock/internal/consultest"
 )
 
@@ -24,13 +23,7 @@ func TestRidesOutLeaderElections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var follower *consulagent.Agent
-	for _, s := range cl.Servers {
-		if s != leader {
-			follower = s
-			break
-		}
-	}
+	follower := cl.Followers(leader)[0]
 	c := consultest.ClientOf(t, follower)
 	name := lockName(t, "k")
 

@@ -57,6 +57,7 @@ func TestObserverSeesEventsInOrder(t *testing.T) {
 	name := lockName(t, "k")
 	var first, second recorder
 	a := mustAcquire(t, c, name, consullock.WithObserver(&first))
+	holderSession := a.Session()
 	b := newLock(t, c, name, consullock.WithObserver(&second), consullock.WithAcquireTimeout(10*time.Second))
 	releaseAtEnd(t, b)
 	errc := make(chan error, 1)
@@ -81,7 +82,7 @@ func TestObserverSeesEventsInOrder(t *testing.T) {
 	contend := second.events[0].(consullock.ContendEvent)
 	acq := second.events[1].(consullock.AcquireEvent)
 	rel := first.events[1].(consullock.ReleaseEvent)
-	if contend.Holder != rel.Key && contend.Holder == "" || acq.Err != nil || acq.Token <= rel.Token || acq.Attempts < 2 || acq.Wait < 50*time.Millisecond || rel.Held < 50*time.Millisecond {
+	if contend.Holder != holderSession || acq.Err != nil || acq.Token <= rel.Token || acq.Attempts < 2 || acq.Wait < 50*time.Millisecond || rel.Held < 50*time.Millisecond {
 		t.Fatalf("contend %+v, acquire %+v, holder's release %+v", contend, acq, rel)
 	}
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consullock/consullock"
 )
 
 // connFlags are the connection settings, read from the standard Consul
@@ -27,6 +29,27 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.clientCert, "client-cert", "", "client certificate `file` (default $CONSUL_CLIENT_CERT)")
 	fs.StringVar(&c.clientKey, "client-key", "", "client key `file` (default $CONSUL_CLIENT_KEY)")
 	fs.StringVar(&c.namespace, "namespace", "", "Consul Enterprise `namespace` (default $CONSUL_NAMESPACE)")
+}
+
+// keyFlags are the flags of every command that names a lock: the connection
+// and the key pattern.
+type keyFlags struct {
+	conn    connFlags
+	pattern string
+}
+
+// newKeyFlagSet returns the flag set of command name, with the connection
+// and key-pattern flags registered, and usage printed before the flags.
+func newKeyFlagSet(name, usage string, s stdio) (*flag.FlagSet, *keyFlags) {
+	var k keyFlags
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	k.conn.register(fs)
+	fs.StringVar(&k.pattern, "key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
+	fs.Usage = func() {
+		fmt.Fprint(s.errOut, usage)
+		fs.PrintDefaults()
+	}
+	return fs, &k
 }
 
 // client builds the Consul client and checks that the agent answers, so

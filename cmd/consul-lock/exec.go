@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,23 +44,22 @@ Flags:
 `
 
 type execFlags struct {
-	conn       connFlags
-	timeout    time.Duration
-	try        bool
-	ttl        time.Duration
-	maxHold    time.Duration
-	lockDelay  time.Duration
-	grace      time.Duration
-	conflict   int
-	keyPattern string
-	verbose    bool
-	n          int
+	*keyFlags
+	timeout   time.Duration
+	try       bool
+	ttl       time.Duration
+	maxHold   time.Duration
+	lockDelay time.Duration
+	grace     time.Duration
+	conflict  int
+	verbose   bool
+	n         int
 }
 
 func runExec(ctx context.Context, args []string, s stdio) error {
 	var f execFlags
-	fs := flag.NewFlagSet("consul-lock exec", flag.ContinueOnError)
-	f.conn.register(fs)
+	fs, k := newKeyFlagSet("consul-lock exec", execUsage, s)
+	f.keyFlags = k
 	fs.DurationVar(&f.timeout, "timeout", 0, "how long to wait for the lock; 0 waits forever")
 	fs.BoolVar(&f.try, "try", false, "one attempt: do not wait if the lock is held")
 	fs.DurationVar(&f.ttl, "ttl", 15*time.Second, "session TTL: how soon the lock of a dead consul-lock is freed (10s to 24h)")
@@ -69,10 +67,8 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	fs.DurationVar(&f.lockDelay, "lock-delay", 0, "how long Consul keeps the key from others after this holder's session is invalidated (0 to 60s)")
 	fs.DurationVar(&f.grace, "grace", 5*time.Second, "time between SIGTERM and SIGKILL when COMMAND must stop")
 	fs.IntVar(&f.conflict, "conflict-exit-code", exitConflict, "exit status when the lock is not acquired in time")
-	fs.StringVar(&f.keyPattern, "key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
 	fs.BoolVar(&f.verbose, "v", false, "print the wait, the hold time and the fencing token to stderr")
 	fs.IntVar(&f.n, "n", 1, "let up to `N` holders run at once (a semaphore of N slots; at most 24h each)")
-	fs.Usage = func() { fmt.Fprint(s.errOut, execUsage); fs.PrintDefaults() }
 	if err := parseFlags(fs, args, s.errOut, 2, -1); err != nil {
 		return err
 	}
@@ -97,7 +93,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	opts := []consullock.Option{
 		consullock.WithObserver(observer),
 		consullock.WithClient(client),
-		consullock.WithKeyPattern(f.keyPattern),
+		consullock.WithKeyPattern(f.pattern),
 		consullock.WithLockDelay(f.lockDelay),
 		consullock.WithAcquireTimeout(f.acquireTimeout()),
 	}

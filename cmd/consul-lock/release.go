@@ -3,29 +3,19 @@ package main
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/consullock/consullock"
 )
 
 func runRelease(ctx context.Context, args []string, s stdio) error {
-	var conn connFlags
-	fs := flag.NewFlagSet("consul-lock release", flag.ContinueOnError)
-	conn.register(fs)
+	fs, k := newKeyFlagSet("consul-lock release", "Usage: consul-lock release [flags] KEY\n\nForce-releases lock KEY, whose holder is gone, by destroying the holder's\nsession. A holder that is still alive loses the lock, and consul-lock exec\nstops its command. Says what it is about to do and asks first, unless -yes.\n\nExamples:\n  consul-lock release nightly-report\n  consul-lock release -yes nightly-report\n\nFlags:\n", s)
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
-	pattern := fs.String("key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
-	fs.Usage = func() {
-		fmt.Fprint(s.errOut, "Usage: consul-lock release [flags] KEY\n\nForce-releases lock KEY, whose holder is gone, by destroying the holder's\nsession. A holder that is still alive loses the lock, and consul-lock exec\nstops its command. Says what it is about to do and asks first, unless -yes.\n\nExamples:\n  consul-lock release nightly-report\n  consul-lock release -yes nightly-report\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
 		return err
 	}
-	c, info, err := lookup(ctx, &conn, *pattern, fs.Arg(0))
+	c, info, err := lookup(ctx, k, fs.Arg(0))
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -53,19 +52,12 @@ func describe(ctx context.Context, c *api.Client, pair *api.KVPair, key string) 
 }
 
 func runStatus(ctx context.Context, args []string, s stdio) error {
-	var conn connFlags
-	fs := flag.NewFlagSet("consul-lock status", flag.ContinueOnError)
-	conn.register(fs)
+	fs, k := newKeyFlagSet("consul-lock status", "Usage: consul-lock status [flags] KEY\n\nShows whether lock KEY is held, and by whom: holder host and pid, session,\nfencing token, and since when. Exits 0 when held, 1 when free.\n\nExample:\n  consul-lock status nightly-report\n\nFlags:\n", s)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pattern := fs.String("key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
-	fs.Usage = func() {
-		fmt.Fprint(s.errOut, "Usage: consul-lock status [flags] KEY\n\nShows whether lock KEY is held, and by whom: holder host and pid, session,\nfencing token, and since when. Exits 0 when held, 1 when free.\n\nExample:\n  consul-lock status nightly-report\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
 		return err
 	}
-	_, info, err := lookup(ctx, &conn, *pattern, fs.Arg(0))
+	_, info, err := lookup(ctx, k, fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -81,20 +73,13 @@ func runStatus(ctx context.Context, args []string, s stdio) error {
 }
 
 func runList(ctx context.Context, args []string, s stdio) error {
-	var conn connFlags
-	fs := flag.NewFlagSet("consul-lock list", flag.ContinueOnError)
-	conn.register(fs)
+	fs, k := newKeyFlagSet("consul-lock list", "Usage: consul-lock list [flags] [PREFIX]\n\nLists the locks held now whose KEY starts with PREFIX.\n\nExamples:\n  consul-lock list\n  consul-lock list -json billing/\n\nFlags:\n", s)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pattern := fs.String("key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
-	fs.Usage = func() {
-		fmt.Fprint(s.errOut, "Usage: consul-lock list [flags] [PREFIX]\n\nLists the locks held now whose KEY starts with PREFIX.\n\nExamples:\n  consul-lock list\n  consul-lock list -json billing/\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	if err := parseFlags(fs, args, s.errOut, 0, 1); err != nil {
 		return err
 	}
-	base, _, _ := strings.Cut(*pattern, "%s")
-	c, err := conn.client(ctx)
+	base, _, _ := strings.Cut(k.pattern, "%s")
+	c, err := k.conn.client(ctx)
 	if err != nil {
 		return err
 	}
@@ -126,12 +111,12 @@ func runList(ctx context.Context, args []string, s stdio) error {
 }
 
 // lookup connects and reads what Consul knows of lock name.
-func lookup(ctx context.Context, conn *connFlags, pattern, name string) (*api.Client, lockInfo, error) {
-	key, err := keyOf(pattern, name)
+func lookup(ctx context.Context, k *keyFlags, name string) (*api.Client, lockInfo, error) {
+	key, err := keyOf(k.pattern, name)
 	if err != nil {
 		return nil, lockInfo{}, err
 	}
-	c, err := conn.client(ctx)
+	c, err := k.conn.client(ctx)
 	if err != nil {
 		return nil, lockInfo{}, err
 	}

@@ -81,6 +81,17 @@ func (c *Cluster) Leader(ctx context.Context) (*Agent, error) {
 	return nil, errors.New("no server knows a leader")
 }
 
+// Followers returns the servers other than leader.
+func (c *Cluster) Followers(leader *Agent) []*Agent {
+	var out []*Agent
+	for _, s := range c.Servers {
+		if s != leader {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // WaitLeader waits until a running server reports a leader.
 func (c *Cluster) WaitLeader(ctx context.Context) (*Agent, error) {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
