@@ -79,7 +79,9 @@ func (l *Lease) Err() error {
 	if !time.Now().Before(l.deadline) {
 		l.lose(l.lifespanErr()) // the maximum-lifespan timer gives the key back
 	}
-	l.s.checkExpiry()
+	if err := l.s.checkExpiry(); err != nil && l.lose(err) {
+		l.end(false) // as the session's end would have, had it come first
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lostErr

@@ -43,14 +43,20 @@ func (s *sharedSession) expiredErr() error {
 }
 
 // checkExpiry ends the session if its local deadline has passed, without
-// waiting for the timer, which a paused process fires late.
-func (s *sharedSession) checkExpiry() {
+// waiting for the timer, which a paused process fires late. It returns why
+// the session ended, or nil while it lives: a caller must not trust its
+// leases' own state alone, because end tells them one by one, after the
+// session is already over.
+func (s *sharedSession) checkExpiry() error {
 	s.lk.mu.Lock()
 	expired := s.lostErr == nil && !time.Now().Before(s.expires)
 	s.lk.mu.Unlock()
 	if expired {
 		s.end(s.expiredErr())
 	}
+	s.lk.mu.Lock()
+	defer s.lk.mu.Unlock()
+	return s.lostErr
 }
 
 func (s *sharedSession) extend(expires time.Time) {
