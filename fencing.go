@@ -128,12 +128,24 @@ func checkHeld(key, session string) *api.KVTxnOp {
 // PutFenced writes value under key in one consensus write that applies only
 // if this lock still holds its key at that moment, so a holder that lost the
 // lock without noticing cannot overwrite what its successor wrote. When the
-// lock is not held, nothing is written and the error wraps ErrLockLost.
+// lock is not held, nothing is written and the error wraps ErrLockLost; when
+// it was Consul that refused, the lock is lost from then on (Lost and Err
+// say so), as the watch would have found a moment later.
 //
 // A resource outside Consul gets the same protection from Token: store the
 // highest token seen with the data and refuse writes that carry a lower one.
 func (l *EphemeralLock) PutFenced(ctx context.Context, key string, value []byte) error {
-	return putFenced(ctx, l.conn, l.CheckOp(), l.key, key, value)
+	check := l.CheckOp()
+	err := putFenced(ctx, l.conn, check, l.key, key, value)
+	if errors.Is(err, ErrLockLost) && check.Session != notHeldSession {
+		l.mu.Lock()
+		h := l.hold
+		l.mu.Unlock()
+		if h.session == check.Session {
+			l.lose(h, "Consul refused a fenced put: the session no longer holds the key")
+		}
+	}
+	return err
 }
 
 // putFenced writes value under key in one transaction after check, the

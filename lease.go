@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -146,7 +147,8 @@ func (l *Lease) CheckOp() *api.KVTxnOp {
 }
 
 // PutFenced writes value under key only if the lease still holds its lock;
-// see EphemeralLock.PutFenced.
+// see EphemeralLock.PutFenced. When Consul refuses the write, the key is no
+// longer as the lease took it, so the lease is lost from then on.
 func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
 	l.mu.Lock()
 	held := l.state == leaseHeld
@@ -154,7 +156,11 @@ func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
 	if !held {
 		return fmt.Errorf("%w: %q is not held: fenced put %q refused", ErrLockLost, l.key, key)
 	}
-	return putFenced(ctx, l.s.lk.conn, l.CheckOp(), l.key, key, value)
+	err := putFenced(ctx, l.s.lk.conn, l.CheckOp(), l.key, key, value)
+	if errors.Is(err, ErrLockLost) && l.lose(err) {
+		l.end(true) // gives the key back if the session still holds it
+	}
+	return err
 }
 
 // notify makes the lease call fn when it ends, with the loss or

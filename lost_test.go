@@ -220,3 +220,41 @@ func TestPutFencedRefusedWhenNotHeld(t *testing.T) {
 		t.Fatal("a refused fenced write landed")
 	}
 }
+
+// A fenced write that Consul refuses tells the lease of its loss at once,
+// before any watch could (nothing watches a lease nobody asked Lost of), and
+// the key, still locked by the session but no longer as the lease took it,
+// is given back.
+func TestLeaseLostWhenConsulRefusesFencedPut(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	l, err := newLocker(t, c).Acquire(ctx, lockName(t, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := "locks/data/" + lockName(t, "d")
+	t.Cleanup(func() { c.KV().Delete(data, nil) })
+	// A plain write keeps the session's lock but moves the key's index on.
+	if _, err := c.KV().Put(&api.KVPair{Key: l.Key(), Value: []byte("overwritten")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PutFenced(ctx, data, []byte("v")); !errors.Is(err, consullock.ErrLockLost) {
+		t.Fatalf("fenced put after the key changed = %v, want ErrLockLost", err)
+	}
+	if err := l.Err(); !errors.Is(err, consullock.ErrLockLost) {
+		t.Fatalf("Err() after Consul refused a fenced put = %v, want ErrLockLost", err)
+	}
+	select {
+	case <-l.Lost():
+	default:
+		t.Fatal("Lost() not closed after Consul refused a fenced put")
+	}
+	if pair, _, _ := c.KV().Get(data, nil); pair != nil {
+		t.Fatal("the refused fenced write landed")
+	}
+	consultest.Eventually(t, 5*time.Second, "the changed key is given back", func() bool {
+		return holderSession(t, c, l.Key()) == ""
+	})
+	c.KV().Delete(l.Key(), nil)
+}
