@@ -3,6 +3,7 @@ package consullock_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/consulagent"
 	"github.com/consullock/consullock/internal/consultest"
 	"github.com/consullock/consullock/internal/faultproxy"
 )
@@ -98,13 +100,20 @@ type write struct {
 	token uint64
 }
 
+// soak makes TestHistoryUnderFaults run longer, with a round of faults
+// every 12 s or so: go test -run TestHistoryUnderFaults -soak 10m -timeout 0 .
+var soak = flag.Duration("soak", 0, "how long TestHistoryUnderFaults runs (0: 25s, one round of faults)")
+
 // TestHistoryUnderFaults runs workers, each a Locker of its own as separate
 // processes would have, against a 3-server cluster while the leader is
 // killed and restarted, the agent some workers use is frozen and thawed, and
-// a proxy delays every request of the others by 2 ms and breaks a tenth. Each holder makes
-// fenced writes of its token to keys of their own; afterwards the history is
-// checked: every acknowledged write is in Consul, and in Consul's commit order
-// the tokens never go down, which is to say no two holders overlapped.
+// a proxy delays every request of the others by 2 ms and breaks a tenth.
+// Each holder makes fenced writes of its token to keys of their own, and
+// every operation goes into a history. Afterwards, every acknowledged write
+// must be in Consul, in Consul's commit order the tokens must never go
+// down, and porcupine must find the history linearizable against a model
+// of a fenced lock: no two holders overlapped, as Consul or the workers'
+// clocks saw it.
 func TestHistoryUnderFaults(t *testing.T) {
 	t.Parallel()
 	cl := consultest.Cluster(t, 3)
@@ -117,7 +126,8 @@ func TestHistoryUnderFaults(t *testing.T) {
 	proxied, proxy := proxiedClient(t, followers[0].HTTPAddr())
 	proxy.SetFaults(0.1, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
 	proxy.SetLatency(2 * time.Millisecond)
-	direct := consultest.ClientOf(t, followers[1])
+	frozen := followers[1]
+	direct := consultest.ClientOf(t, frozen)
 	name, prefix := lockName(t, "k"), "hist/"+lockName(t, "")
 
 	var (
@@ -126,7 +136,12 @@ func TestHistoryUnderFaults(t *testing.T) {
 		cycles   int
 		failures []string
 	)
-	stop := time.Now().Add(25 * time.Second)
+	hist := newLockHistory()
+	run := 25 * time.Second
+	if *soak > run {
+		run = *soak
+	}
+	stop := time.Now().Add(run)
 	var wg sync.WaitGroup
 	for w := range 4 {
 		c := proxied
@@ -141,6 +156,7 @@ func TestHistoryUnderFaults(t *testing.T) {
 			}
 			defer lk.Close(ctx)
 			for n := 0; time.Now().Before(stop); n++ {
+				call := hist.now()
 				l, err := lk.Acquire(ctx, name)
 				if err != nil {
 					mu.Lock()
@@ -148,19 +164,32 @@ func TestHistoryUnderFaults(t *testing.T) {
 					mu.Unlock()
 					continue
 				}
+				tok := l.Token()
+				hist.add(w, lockInput{op: opAcquire}, lockOutput{token: tok}, call, hist.now())
 				for i := range 3 {
 					key := fmt.Sprintf("%s%d-%d-%d", prefix, w, n, i)
-					err := l.PutFenced(ctx, key, []byte(strconv.FormatUint(l.Token(), 10)))
-					if errors.Is(err, consullock.ErrLockLost) {
+					wcall := hist.now()
+					err := l.PutFenced(ctx, key, []byte(strconv.FormatUint(tok, 10)))
+					if err == nil || errors.Is(err, consullock.ErrLockLost) {
+						hist.add(w, lockInput{op: opWrite, token: tok}, lockOutput{ok: err == nil}, wcall, hist.now())
+					} // other errors leave the write's outcome unknown: the final read checks it
+					if err != nil {
 						break
 					}
-					if err == nil {
-						mu.Lock()
-						acked = append(acked, write{key, l.Token()})
-						mu.Unlock()
-					}
+					mu.Lock()
+					acked = append(acked, write{key, tok})
+					mu.Unlock()
 				}
-				l.Release(ctx)
+				rcall := hist.now()
+				err = l.Release(ctx)
+				switch {
+				case err != nil: // it ends some time, by a retry or its maximum lifespan
+					hist.add(w, lockInput{op: opUncertainEnd, token: tok}, lockOutput{}, call, forever)
+				case l.Err() != nil: // lost some time after its acquire began
+					hist.add(w, lockInput{op: opUncertainEnd, token: tok}, lockOutput{}, call, hist.now())
+				default:
+					hist.add(w, lockInput{op: opRelease, token: tok}, lockOutput{}, rcall, hist.now())
+				}
 				mu.Lock()
 				cycles++
 				mu.Unlock()
@@ -168,28 +197,47 @@ func TestHistoryUnderFaults(t *testing.T) {
 		})
 	}
 
-	time.Sleep(4 * time.Second) // the faults start once the workers run
+	rounds := 0
+	for rounds == 0 || time.Until(stop) > 15*time.Second {
+		injectFaults(t, ctx, cl, frozen)
+		rounds++
+	}
+	wg.Wait()
+
+	checkHistory(t, direct, prefix, acked)
+	hist.check(t, time.Minute)
+	t.Logf("%d lock cycles by 4 workers in %v; faults: %d rounds of a leader kill and restart and an agent frozen 4s, proxy (+2 ms each) %v; %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
+		cycles, run, rounds, proxy.Counts(), len(failures), len(acked))
+	if len(failures) > 0 {
+		t.Logf("first failed acquire: %s", failures[0])
+	}
+	if _, err := direct.KV().DeleteTree(prefix, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// injectFaults lets the workers run for 4 s, kills the leader, freezes the
+// agent frozen for 4 s once a new leader is elected (unless it was the one
+// killed), and restarts the old leader.
+func injectFaults(t *testing.T, ctx context.Context, cl *consulagent.Cluster, frozen *consulagent.Agent) {
+	t.Helper()
+	time.Sleep(4 * time.Second) // the workers run undisturbed this long
+	leader, err := cl.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := leader.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cl.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	followers[1].Freeze()
-	time.Sleep(4 * time.Second) // the agent stays frozen this long
-	followers[1].Thaw()
+	if leader != frozen {
+		frozen.Freeze()
+		time.Sleep(4 * time.Second) // the agent stays frozen this long
+		frozen.Thaw()
+	}
 	if err := leader.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-
-	checkHistory(t, direct, prefix, acked)
-	t.Logf("%d lock cycles by 4 workers; faults: 1 leader kill and restart, 1 agent frozen 4s, proxy (+2 ms each) %v; %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
-		cycles, proxy.Counts(), len(failures), len(acked))
-	if len(failures) > 0 {
-		t.Logf("first failed acquire: %s", failures[0])
-	}
-	if _, err := direct.KV().DeleteTree(prefix, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -2,7 +2,11 @@ module github.com/consullock/consullock
 
 go 1.26.7
 
-require github.com/hashicorp/consul/api v1.34.5
+require (
+	github.com/anishathalye/porcupine v1.3.1
+	github.com/hashicorp/consul/api v1.34.5
+	go.uber.org/goleak v1.3.0
+)
 
 require (
 	github.com/armon/go-metrics v0.4.1 // indirect
@@ -20,7 +24,6 @@ require (
 	github.com/mattn/go-colorable v0.1.15 // indirect
 	github.com/mattn/go-isatty v0.0.22 // indirect
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
-	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/exp v0.0.0-20260218203240-3dfff04db8fa // indirect
 	golang.org/x/sys v0.48.0 // indirect
 )
