@@ -1,6 +1,8 @@
 package consullock
 
 import (
+	"errors"
+	"strings"
 	"time"
 )
 
@@ -33,6 +35,27 @@ type AcquireEvent struct {
 	Wait     time.Duration // from the call to its return
 	Attempts int           // writes that tried to take the key
 	Err      error
+}
+
+// Result names how the acquire ended, for a metric's label: "acquired",
+// "timeout" (Err wraps ErrNotAcquired) or "error".
+func (e AcquireEvent) Result() string {
+	switch {
+	case e.Err == nil:
+		return "acquired"
+	case errors.Is(e.Err, ErrNotAcquired):
+		return "timeout"
+	default:
+		return "error"
+	}
+}
+
+// KeyPrefix returns the first segments of key ("/"-separated), the whole key
+// when it has no more: a label for metrics whose number of values stays
+// bounded when keys name many things.
+func KeyPrefix(key string, segments int) string {
+	parts := strings.SplitN(key, "/", segments+1)
+	return strings.Join(parts[:min(len(parts), segments)], "/")
 }
 
 // ContendEvent describes a key found held by another session.

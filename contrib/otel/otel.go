@@ -13,7 +13,6 @@ package otel
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -88,20 +87,12 @@ func exponential(start float64, n int) []float64 {
 
 // prefix keeps the first segments of key.
 func (o *Observer) prefix(key string) attribute.KeyValue {
-	parts := strings.SplitN(key, "/", o.segments+1)
-	return attribute.String("prefix", strings.Join(parts[:min(len(parts), o.segments)], "/"))
+	return attribute.String("prefix", consullock.KeyPrefix(key, o.segments))
 }
 
 // Acquired records the wait and the result.
 func (o *Observer) Acquired(e consullock.AcquireEvent) {
-	result := "acquired"
-	switch {
-	case errors.Is(e.Err, consullock.ErrNotAcquired):
-		result = "timeout"
-	case e.Err != nil:
-		result = "error"
-	}
-	attrs := metric.WithAttributes(o.prefix(e.Key), attribute.String("result", result))
+	attrs := metric.WithAttributes(o.prefix(e.Key), attribute.String("result", e.Result()))
 	o.wait.Record(context.Background(), e.Wait.Seconds(), attrs)
 	o.acquires.Add(context.Background(), 1, attrs)
 }

@@ -10,9 +10,6 @@
 package prometheus
 
 import (
-	"errors"
-	"strings"
-
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/consullock/consullock"
@@ -83,23 +80,13 @@ func New(reg prom.Registerer, opts Options) (*Observer, error) {
 }
 
 // prefix keeps the first segments of key.
-func (o *Observer) prefix(key string) string {
-	parts := strings.SplitN(key, "/", o.segments+1)
-	return strings.Join(parts[:min(len(parts), o.segments)], "/")
-}
+func (o *Observer) prefix(key string) string { return consullock.KeyPrefix(key, o.segments) }
 
 // Acquired records the wait and the result.
 func (o *Observer) Acquired(e consullock.AcquireEvent) {
-	result := "acquired"
-	switch {
-	case errors.Is(e.Err, consullock.ErrNotAcquired):
-		result = "timeout"
-	case e.Err != nil:
-		result = "error"
-	}
 	p := o.prefix(e.Key)
-	o.wait.WithLabelValues(p, result).Observe(e.Wait.Seconds())
-	o.acquires.WithLabelValues(p, result).Inc()
+	o.wait.WithLabelValues(p, e.Result()).Observe(e.Wait.Seconds())
+	o.acquires.WithLabelValues(p, e.Result()).Inc()
 }
 
 // Contended counts a key found held.
