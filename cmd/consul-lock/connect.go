@@ -55,6 +55,16 @@ func newKeyFlagSet(name, usage string, s stdio) (*flag.FlagSet, *keyFlags) {
 // client builds the Consul client and checks that the agent answers, so
 // that an unreachable agent is reported at once rather than retried.
 func (c *connFlags) client(ctx context.Context) (*api.Client, error) {
+	client, cfg, err := c.newClient()
+	if err != nil {
+		return nil, err
+	}
+	return client, ping(ctx, client, cfg)
+}
+
+// newClient builds the client from the flags and the environment, without
+// talking to the agent yet.
+func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 	cfg := api.DefaultConfig()
 	set := func(dst *string, v string) {
 		if v != "" {
@@ -70,8 +80,14 @@ func (c *connFlags) client(ctx context.Context) (*api.Client, error) {
 	set(&cfg.Namespace, c.namespace)
 	client, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, unavailable(cfg, err)
+		return nil, nil, unavailable(cfg, err)
 	}
+	return client, cfg, nil
+}
+
+// ping checks that the agent of client, built from cfg, answers and knows a
+// leader, within 5 s.
+func ping(ctx context.Context, client *api.Client, cfg *api.Config) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
@@ -79,9 +95,9 @@ func (c *connFlags) client(ctx context.Context) (*api.Client, error) {
 		err = errors.New("the agent knows no cluster leader")
 	}
 	if err != nil {
-		return nil, unavailable(cfg, err)
+		return unavailable(cfg, err)
 	}
-	return client, nil
+	return nil
 }
 
 // unavailable is the one-line report for an agent that cannot be used.

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -27,7 +28,7 @@ func runDemo(ctx context.Context, args []string, s stdio) error {
 	hold := fs.Duration("hold", 300*time.Millisecond, "how long each worker holds the lock")
 	key := fs.String("key", "consul-lock-demo", "lock KEY (Consul key locks/ephemeral/KEY)")
 	fs.Usage = func() {
-		fmt.Fprintf(s.errOut, "Usage: consul-lock demo [flags]\n\nWorker processes contend for one lock through `consul-lock exec` and take\nturns; the timeline shows each turn's fencing token and how long the worker\nwaited. Uses the agent at CONSUL_HTTP_ADDR when one answers there, else starts\na dev agent of its own (building Consul on first use) and stops it at the end.\n\nFlags:\n")
+		fmt.Fprintf(s.errOut, "Usage: consul-lock demo [flags]\n\nWorker processes contend for one lock through `consul-lock exec` and take\nturns; the timeline shows each turn's fencing token and how long the worker\nwaited. Uses the agent at CONSUL_HTTP_ADDR when one answers there, else starts\na dev agent of its own (building Consul on first use) and stops it at the end.\nCtrl-C stops the workers, which release what they hold.\n\nExamples:\n  consul-lock demo\n  consul-lock demo -workers 8 -rounds 5 -hold 100ms\n  CONSUL_HTTP_ADDR=127.0.0.1:8500 consul-lock demo -key my-first-lock\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args, s.errOut, 0, 0); err != nil {
@@ -75,6 +76,10 @@ func demoTurn(ctx context.Context, self, addr, key string, worker int, hold time
 	asked := strconv.FormatInt(time.Now().UnixNano(), 10)
 	cmd := exec.CommandContext(ctx, self, "exec", "-http-addr", addr, "-timeout", "1m", key, "--",
 		self, demoSectionCommand, strconv.Itoa(worker), asked, hold.String())
+	// Interrupted, a worker is asked to stop as a user would ask it, so that
+	// it releases what it holds; SIGKILL would leave its session and key.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 15 * time.Second
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -82,7 +82,9 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
-	client, err := f.conn.client(ctx)
+	// Everything is built, and so validated, before the agent is asked
+	// anything: a usage error exits 64 whether or not Consul answers.
+	client, cfg, err := f.conn.newClient()
 	if err != nil {
 		return err
 	}
@@ -97,29 +99,37 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 		consullock.WithLockDelay(f.lockDelay),
 		consullock.WithAcquireTimeout(f.acquireTimeout()),
 	}
-	if f.n > 1 {
-		return execInSemaphore(ctx, name, opts, argv, f, s)
-	}
-	lock, err := consullock.NewEphemeralLock(name, append(opts, consullock.WithLockTimeout(f.ttl), consullock.WithRenewal())...)
+	take, done, err := newTaker(name, opts, f)
 	if err != nil {
 		return usageError{err}
 	}
-	return execLocked(ctx, func(ctx context.Context) (held, error) { return lock, lock.Acquire(ctx) }, argv, f, s)
+	defer done(context.WithoutCancel(ctx))
+	if err := ping(ctx, client, cfg); err != nil {
+		return err
+	}
+	return execLocked(ctx, take, argv, f, s)
 }
 
-// execInSemaphore runs the command holding one of the n slots of the
-// semaphore name, through a Locker whose session TTL is -ttl.
-func execInSemaphore(ctx context.Context, name string, opts []consullock.Option, argv []string, f execFlags, s stdio) error {
+// newTaker builds what exec acquires: an EphemeralLock renewed for as long
+// as the command runs, or with -n a slot of a semaphore through a Locker
+// whose session TTL is -ttl. done closes what it built.
+func newTaker(name string, opts []consullock.Option, f execFlags) (take func(context.Context) (held, error), done func(context.Context), err error) {
+	if f.n == 1 {
+		lock, err := consullock.NewEphemeralLock(name, append(opts, consullock.WithLockTimeout(f.ttl), consullock.WithRenewal())...)
+		if err != nil {
+			return nil, nil, err
+		}
+		return func(ctx context.Context) (held, error) { return lock, lock.Acquire(ctx) }, func(context.Context) {}, nil
+	}
 	lk, err := consullock.NewLocker(append(opts, consullock.WithSessionTTL(f.ttl), consullock.WithLockTimeout(consullock.MaxLockTimeout))...)
 	if err != nil {
-		return usageError{err}
+		return nil, nil, err
 	}
-	defer lk.Close(context.WithoutCancel(ctx))
 	sem, err := lk.Semaphore(name, f.n)
 	if err != nil {
-		return usageError{err}
+		return nil, nil, err
 	}
-	return execLocked(ctx, func(ctx context.Context) (held, error) { return sem.Acquire(ctx) }, argv, f, s)
+	return func(ctx context.Context) (held, error) { return sem.Acquire(ctx) }, func(ctx context.Context) { lk.Close(ctx) }, nil
 }
 
 // held is what exec needs of a lock it holds: an EphemeralLock, or a
@@ -166,6 +176,17 @@ func execLocked(ctx context.Context, take func(context.Context) (held, error), a
 	defer signal.Stop(sigs)
 
 	lock, err := take(ctx)
+	if err == nil {
+		// From here on the lock is given back whatever happens: also when a
+		// signal came just as it was taken, or went on to the command.
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := lock.Release(rctx); err != nil {
+				fmt.Fprintf(s.errOut, "consul-lock exec: %v\n", err)
+			}
+		}()
+	}
 	switch {
 	case ctx.Err() != nil:
 		return exitError{128 + int(lastSignal(sigs, syscall.SIGINT)), "interrupted while waiting for the lock"}
@@ -174,15 +195,6 @@ func execLocked(ctx context.Context, take func(context.Context) (held, error), a
 	case err != nil:
 		return exitError{exitUnavailable, err.Error()}
 	}
-	// From here on the lock is given back whatever happens, also after ctx was
-	// cancelled by a signal that went on to the command.
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := lock.Release(rctx); err != nil {
-			fmt.Fprintf(s.errOut, "consul-lock exec: %v\n", err)
-		}
-	}()
 	return supervise(lock, argv, f, sigs, s)
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -96,8 +95,10 @@ func countSessions(t *testing.T, c *api.Client, fullKey string) int {
 	return n
 }
 
+// Bad flags, arguments and lock names exit 64, with nothing written to
+// Consul, whether or not an agent answers.
 func TestUsageErrorsExit64(t *testing.T) {
-	for _, args := range [][]string{
+	usage := [][]string{
 		nil,
 		{"no-such-command"},
 		{"demo", "-no-such-flag"},
@@ -109,16 +110,53 @@ func TestUsageErrorsExit64(t *testing.T) {
 		{"exec", "-try", "-timeout", "1s", "k", "--", "true"},
 		{"exec", "a b", "--", "true"},
 		{"exec", "../x", "--", "true"},
+		{"exec", "-n", "2", "../x", "--", "true"},
+		{"exec", "-n", "0", "k", "--", "true"},
+		{"exec", "-lock-delay", "2m", "k", "--", "true"},
 		{"status"},
+		{"status", "../x"},
 		{"release"},
-	} {
-		var out, errb bytes.Buffer
-		if code := run(context.Background(), args, stdio{strings.NewReader(""), &out, &errb}); code != exitUsage {
-			t.Errorf("consul-lock %q exited %d, want %d (stderr: %s)", args, code, exitUsage, errb.String())
+		{"release", "-yes", "../x"},
+	}
+	c := consultest.Client(t)
+	before := sessionIDs(t, c)
+	// A usage error is found before the agent is asked anything: the same
+	// status with no agent at all (a closed port) as with the real one.
+	for _, addr := range []string{"127.0.0.1:1", consultest.Shared(t).HTTPAddr()} {
+		for _, args := range usage {
+			cmd := exec.Command(bin, args...)
+			cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+addr)
+			var errOut bytes.Buffer
+			cmd.Stderr = &errOut
+			cmd.Run()
+			if code := cmd.ProcessState.ExitCode(); code != exitUsage {
+				t.Errorf("consul-lock %q with the agent at %s exited %d, want %d (stderr: %s)", args, addr, code, exitUsage, errOut.String())
+			}
 		}
 	}
-	var out, errb bytes.Buffer
-	if code := run(context.Background(), []string{"exec", "-h"}, stdio{nil, &out, &errb}); code != 0 || !strings.Contains(errb.String(), "Usage: consul-lock exec") {
-		t.Errorf("consul-lock exec -h exited %d with %q, want 0 and its usage", code, errb.String())
+	if after := sessionIDs(t, c); len(after) != len(before) {
+		t.Errorf("usage errors left sessions: %d before, %d after", len(before), len(after))
 	}
+	for _, key := range []string{"locks/ephemeral/k", "locks/ephemeral/k/", "locks/ephemeral/x"} {
+		if keys, _, _ := c.KV().Keys(key, "", nil); len(keys) != 0 {
+			t.Errorf("usage errors left keys: %q", keys)
+		}
+	}
+	r := cli(t, "exec", "-h")
+	if r.code != 0 || !strings.Contains(r.errOut, "Usage: consul-lock exec") {
+		t.Errorf("consul-lock exec -h exited %d with %q, want 0 and its usage", r.code, r.errOut)
+	}
+}
+
+func sessionIDs(t *testing.T, c *api.Client) []string {
+	t.Helper()
+	all, _, err := c.Session().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range all {
+		ids = append(ids, s.ID)
+	}
+	return ids
 }

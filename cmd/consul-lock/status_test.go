@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -172,4 +174,54 @@ func TestBenchReportsEveryCase(t *testing.T) {
 			t.Errorf("%s with %d workers measured nothing: %+v", x.Impl, x.Workers, x)
 		}
 	}
+}
+
+// Ctrl-C to the demo (SIGINT to its whole process group, as a terminal
+// sends it) while a worker holds the lock and others wait stops every worker
+// and leaves no session, no key and no process behind.
+func TestDemoInterruptedLeavesNothingBehind(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	key := lockKey(t)
+	cmd := cliCommand(t, "demo", "-workers", "3", "-rounds", "1", "-hold", "1m", "-key", key)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var out syncBuffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	consultest.Eventually(t, 10*time.Second, "a worker holds the lock and the others wait", func() bool {
+		return strings.Contains(out.String(), "acquired") && countSessions(t, c, "locks/ephemeral/"+key) == 3
+	})
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		t.Fatal("demo did not stop within 20s of Ctrl-C")
+	}
+	assertGone(t, c, key)
+	consultest.Eventually(t, 5*time.Second, "no process of the demo left", func() bool {
+		return syscall.Kill(-cmd.Process.Pid, 0) == syscall.ESRCH
+	})
+}
+
+// syncBuffer is a bytes.Buffer that a process writes to while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
