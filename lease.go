@@ -34,6 +34,11 @@ type Lease struct {
 	lostErr error
 	onLost  map[*func(error)]struct{} // Holds' cancellations, told of the end
 	holds   int                       // reentrant holds beyond the first (see reentrant.go)
+
+	// A loss that came while a Release was giving the key back, for the
+	// Release to apply if it fails, and whether it leaves a key to give back.
+	pending         error
+	pendingGiveBack bool
 }
 
 type leaseState int
@@ -64,9 +69,7 @@ func (l *Lease) Token() uint64 { return l.token }
 func (l *Lease) Lost() <-chan struct{} {
 	l.watch.Do(func() {
 		go watchHeld(l.s.ctx, l.s.lk.conn, l.key, l.s.id, l.token, true, l.lost, func(reason string, stillHeld bool) {
-			if l.lose(fmt.Errorf("%w: %q (token %d): %s", ErrLockLost, l.key, l.token, reason)) {
-				l.end(stillHeld)
-			}
+			l.fail(fmt.Errorf("%w: %q (token %d): %s", ErrLockLost, l.key, l.token, reason), stillHeld)
 		})
 	})
 	return l.lost
@@ -78,10 +81,10 @@ func (l *Lease) Lost() <-chan struct{} {
 // so a holder that calls Err before each step never takes one after them.
 func (l *Lease) Err() error {
 	if !time.Now().Before(l.deadline) {
-		l.lose(l.lifespanErr()) // the maximum-lifespan timer gives the key back
+		l.lose(l.lifespanErr(), true) // the maximum-lifespan timer gives the key back
 	}
-	if err := l.s.checkExpiry(); err != nil && l.lose(err) {
-		l.end(false) // as the session's end would have, had it come first
+	if err := l.s.checkExpiry(); err != nil {
+		l.fail(err, false) // as the session's end would have, had it come first
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -96,16 +99,9 @@ func (l *Lease) Err() error {
 // nothing. A failed Release may be retried; if it is not, the Locker gives
 // the key back when its maximum lifespan passes.
 func (l *Lease) Release(ctx context.Context) error {
-	if l.unhold() { // a reentrant hold ends; the outer ones go on
+	if !l.startRelease() {
 		return nil
 	}
-	l.mu.Lock()
-	if l.state != leaseHeld {
-		l.mu.Unlock()
-		return nil
-	}
-	l.state = leaseReleasing
-	l.mu.Unlock()
 	handedOff := l.s.lk.handOff(l.slot, l.s, l.token)
 	if !handedOff {
 		rctx, cancel := detached(ctx)
@@ -115,12 +111,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		l.s.lk.gaveBack(l.slot, time.Since(start))
 		l.observeRelease(err)
 		if err != nil {
-			l.mu.Lock()
-			l.state = leaseHeld
-			l.mu.Unlock()
-			if !time.Now().Before(l.deadline) { // its timer fired during the attempt
-				l.expire()
-			}
+			l.releaseFailed()
 			return fmt.Errorf("consullock: release %q: %w", l.key, err)
 		}
 	}
@@ -157,8 +148,8 @@ func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
 		return fmt.Errorf("%w: %q is not held: fenced put %q refused", ErrLockLost, l.key, key)
 	}
 	err := putFenced(ctx, l.s.lk.conn, l.CheckOp(), l.key, key, value)
-	if errors.Is(err, ErrLockLost) && l.lose(err) {
-		l.end(true) // gives the key back if the session still holds it
+	if errors.Is(err, ErrLockLost) {
+		l.fail(err, true) // gives the key back if the session still holds it
 	}
 	return err
 }
@@ -199,11 +190,47 @@ func (l *Lease) lifespanErr() error {
 		ErrLockLost, l.key, l.token, l.s.lk.cfg.LockTimeout)
 }
 
+// startRelease reports whether a Release must give the key back: not when
+// a reentrant hold ends (the outer ones go on), nor when the lease is no
+// longer held. It counts the hold down, or marks the lease as being
+// released, in the same critical section, so no reentrant Acquire can count
+// a hold on a lease whose key is on its way back.
+func (l *Lease) startRelease() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.holds > 0:
+		l.holds--
+		return false
+	case l.state != leaseHeld:
+		return false
+	}
+	l.state, l.pending = leaseReleasing, nil
+	return true
+}
+
+// releaseFailed makes a lease whose key could not be given back held again,
+// and applies what happened meanwhile: a loss that came during the attempt,
+// or the end of its maximum lifespan.
+func (l *Lease) releaseFailed() {
+	l.mu.Lock()
+	l.state = leaseHeld
+	pending, giveBack := l.pending, l.pendingGiveBack
+	l.pending = nil
+	l.mu.Unlock()
+	switch {
+	case pending != nil:
+		l.fail(pending, giveBack)
+	case !time.Now().Before(l.deadline): // its timer fired during the attempt
+		l.expire()
+	}
+}
+
 // expire ends a lease whose maximum lifespan passed: the holder is told
 // first, then the key is given back, then the turn passed on. A lease being
 // released is left to its Release.
 func (l *Lease) expire() {
-	l.lose(l.lifespanErr())
+	l.lose(l.lifespanErr(), true)
 	l.mu.Lock()
 	lost := l.state == leaseLost
 	l.mu.Unlock()
@@ -212,11 +239,23 @@ func (l *Lease) expire() {
 	}
 }
 
+// fail marks a held lease lost with err and ends it, giving the key back
+// when giveBack (the session may still hold it).
+func (l *Lease) fail(err error, giveBack bool) {
+	if l.lose(err, giveBack) {
+		l.end(giveBack)
+	}
+}
+
 // lose marks a held lease lost with err and tells whoever asked. It reports
-// whether it did: a lease released, being released or already lost is left
-// as it is.
-func (l *Lease) lose(err error) bool {
+// whether it did: a lease released or already lost is left as it is, and a
+// lease being released keeps the loss (and whether the key is to be given
+// back) for its Release, should that fail.
+func (l *Lease) lose(err error, giveBack bool) bool {
 	l.mu.Lock()
+	if l.state == leaseReleasing && l.pending == nil {
+		l.pending, l.pendingGiveBack = err, giveBack
+	}
 	if l.state != leaseHeld {
 		l.mu.Unlock()
 		return false

@@ -10,6 +10,7 @@ import (
 
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/faultproxy"
 )
 
 // lostWithin fails the test unless l's Lost channel closes within d, and
@@ -257,4 +258,41 @@ func TestLeaseLostWhenConsulRefusesFencedPut(t *testing.T) {
 		return holderSession(t, c, l.Key()) == ""
 	})
 	c.KV().Delete(l.Key(), nil)
+}
+
+// A loss that comes while a Release is failing (Consul answers nothing but
+// 500s, and the session's local deadline passes during the attempts) is not
+// dropped: once the Release gives up, the lease is lost, Lost is closed and
+// Hold's context would be cancelled.
+func TestLossDuringFailedReleaseIsReported(t *testing.T) {
+	t.Parallel()
+	direct := consultest.Client(t)
+	c, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
+	lk := newLocker(t, c, consullock.WithSessionTTL(10*time.Second))
+	ctx := context.Background()
+	l, err := lk.Acquire(ctx, lockName(t, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		direct.Session().Destroy(l.Session(), nil)
+		direct.KV().Delete(l.Key(), nil)
+	})
+	l.Lost() // watched, as Hold watches it
+	proxy.SetFaults(1, faultproxy.Status500)
+	// The session's local deadline (9 s) now passes while Release retries
+	// for 10 s.
+	time.Sleep(2 * time.Second) // let the deadline fall inside the attempts
+	if err := l.Release(ctx); err == nil {
+		t.Fatal("Release succeeded through a proxy that answers only 500")
+	}
+	select {
+	case <-l.Lost():
+	default:
+		t.Fatal("Lost() not closed after a failed Release during which the session's deadline passed")
+	}
+	if err := l.Err(); !errors.Is(err, consullock.ErrLockLost) {
+		t.Fatalf("Err() = %v, want ErrLockLost", err)
+	}
+	proxy.SetFaults(0)
 }

@@ -111,15 +111,15 @@ func (lk *Locker) contendAll(ctx context.Context, keys []string, slots map[strin
 	}
 }
 
+// registerAll makes leases of keys just taken together with s, or none
+// when s ended meanwhile.
 func (lk *Locker) registerAll(s *sharedSession, keys []string, slots map[string]*keySlot, tokens []uint64, acquiredAt time.Time) []*Lease {
-	leases := make([]*Lease, len(keys))
+	ordered := make([]*keySlot, len(keys))
 	for i, k := range keys {
 		lk.took(slots[k])
-		if leases[i] = s.register(k, slots[k], tokens[i], acquiredAt); leases[i] == nil {
-			return nil
-		}
+		ordered[i] = slots[k]
 	}
-	return leases
+	return s.registerAll(keys, ordered, tokens, acquiredAt)
 }
 
 // takeKeys tries to take all keys for session in one transaction, retrying

@@ -42,15 +42,3 @@ func (lk *Locker) reenter(ctx context.Context, key string) *Lease {
 	}
 	return nil
 }
-
-// unhold counts one hold less; it reports whether holds remain, in which
-// case the release stops there.
-func (l *Lease) unhold() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.holds > 0 {
-		l.holds--
-		return true
-	}
-	return false
-}

@@ -65,3 +65,42 @@ func TestNotReentrantByDefault(t *testing.T) {
 		t.Fatalf("nested acquire without reentrancy = %v, want ErrNotAcquired", err)
 	}
 }
+
+// A reentrant Acquire that races with the Release of the lease it counts on
+// either counts a hold before the Release (which then only counts it down,
+// and the lock stays held) or waits for the lock like anyone else: it never
+// returns a lease whose key is on its way back.
+func TestReentrantAcquireRacingRelease(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	name := lockName(t, "k")
+	lk := newLocker(t, c, consullock.WithReentrancy(), consullock.WithAcquireTimeout(5*time.Second))
+	for i := range 200 {
+		outer, err := lk.Acquire(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inner := make(chan *consullock.Lease, 1)
+		go func() {
+			l, err := lk.Acquire(consullock.ContextWithLease(ctx, outer), name)
+			if err != nil {
+				t.Error(err)
+			}
+			inner <- l
+		}()
+		if err := outer.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		l := <-inner
+		if l == nil {
+			return
+		}
+		if l.Err() != nil || holderSession(t, c, l.Key()) != l.Session() {
+			t.Fatalf("round %d: the reentrant Acquire returned a lease (same as the outer: %v) whose lock is not held", i, l == outer)
+		}
+		if err := l.Release(ctx); err != nil { // the last hold, either way
+			t.Fatal(err)
+		}
+	}
+}

@@ -86,27 +86,39 @@ func (s *sharedSession) end(err error) {
 	s.leases = nil
 	s.lk.mu.Unlock()
 	for l := range leases {
-		if l.lose(err) {
-			l.end(false) // the session's keys went, or go, with it
-		}
+		l.fail(err, false) // the session's keys went, or go, with it
 	}
 }
 
 // register records a key just taken with the session as a lease, and starts
 // the clock of its maximum lifespan. It returns nil if the session ended.
 func (s *sharedSession) register(key string, slot *keySlot, token uint64, acquiredAt time.Time) *Lease {
+	if leases := s.registerAll([]string{key}, []*keySlot{slot}, []uint64{token}, acquiredAt); leases != nil {
+		return leases[0]
+	}
+	return nil
+}
+
+// registerAll registers keys taken together, all or none: a session that
+// ended meanwhile gets none of them, so no lease of the set is ended (and
+// its turn passed on) while the caller goes on to take the set again.
+func (s *sharedSession) registerAll(keys []string, slots []*keySlot, tokens []uint64, acquiredAt time.Time) []*Lease {
 	deadline := acquiredAt.Add(s.lk.cfg.LockTimeout)
-	l := &Lease{s: s, key: key, slot: slot, token: token, deadline: deadline, acquired: time.Now(), lost: make(chan struct{})}
 	s.lk.mu.Lock()
 	defer s.lk.mu.Unlock()
 	if s.lostErr != nil {
 		return nil
 	}
-	s.leases[l] = struct{}{}
-	l.mu.Lock() // the timer may fire before the assignment is done
-	l.maxLife = time.AfterFunc(time.Until(deadline), l.expire)
-	l.mu.Unlock()
-	return l
+	leases := make([]*Lease, len(keys))
+	for i, key := range keys {
+		l := &Lease{s: s, key: key, slot: slots[i], token: tokens[i], deadline: deadline, acquired: time.Now(), lost: make(chan struct{})}
+		s.leases[l] = struct{}{}
+		l.mu.Lock() // the timer may fire before the assignment is done
+		l.maxLife = time.AfterFunc(time.Until(deadline), l.expire)
+		l.mu.Unlock()
+		leases[i] = l
+	}
+	return leases
 }
 
 func (s *sharedSession) unregister(l *Lease) {

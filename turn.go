@@ -59,6 +59,10 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 	defer timer.Stop()
 	select {
 	case slot.turn <- struct{}{}:
+		if ctx.Err() != nil { // both were ready and select chose the turn
+			lk.leave(key, slot, true)
+			return nil, context.Cause(ctx)
+		}
 		return slot, nil
 	case <-ctx.Done():
 		lk.leave(key, slot, false)
