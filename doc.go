@@ -30,15 +30,20 @@
 // # Guarantees and assumptions
 //
 // While a lock is held, Consul lets no other session take its key. The
-// guarantee assumes what Consul's own does: a Raft quorum of servers, and
-// agents whose serfHealth check reflects whether they are alive.
+// guarantee assumes what Consul's own does: a Raft quorum of servers whose
+// KV, session and transaction operations are linearizable. consullock's
+// sessions carry no health check, only a TTL, so a restarting or
+// partitioned agent does not free a lock behind its holder's back.
 //
-//   - Maximum lifespan: by default the session's TTL is LockTimeout and is
-//     never renewed. Consul invalidates the session, which deletes the key, no
-//     earlier than LockTimeout after the acquire and, in practice, by twice
-//     LockTimeout. With WithRenewal the session is renewed every half TTL and
-//     the lock lasts until Release; LockTimeout then bounds how long a dead
-//     holder keeps it.
+//   - Maximum lifespan: by default the session's TTL is LockTimeout and it is
+//     not renewed once the lock is held (a lock that waits for its key renews
+//     it, so that it is never older than LockTimeout/2 at the acquire).
+//     Consul invalidates the session, which deletes the key, no earlier than
+//     LockTimeout after it was created or last renewed (so from
+//     LockTimeout/2 after the acquire for a lock that waited long) and, in
+//     practice, by twice LockTimeout. With WithRenewal the session is renewed
+//     every half TTL and the lock lasts until Release; LockTimeout then bounds
+//     how long a dead holder keeps it.
 //   - Lost-lock notification: Lost and Hold's context tell the holder when the
 //     key was deleted or taken over (within about a second), and at the latest
 //     at a local deadline, LockTimeout (less up to a second for clock rates)

@@ -69,13 +69,7 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	}
 	start, attempts := time.Now(), 0
 	lease, err := lk.acquire(ctx, key, &attempts)
-	if o := lk.cfg.Observer; o != nil {
-		e := AcquireEvent{Key: key, Wait: time.Since(start), Attempts: attempts, Err: err}
-		if lease != nil {
-			e.Token = lease.token
-		}
-		o.Acquired(e)
-	}
+	observeAcquired(lk.cfg.Observer, []string{key}, start, attempts, []*Lease{lease}, err)
 	return lease, err
 }
 

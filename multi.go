@@ -29,6 +29,14 @@ func (lk *Locker) AcquireAll(ctx context.Context, names ...string) ([]*Lease, er
 	if err != nil {
 		return nil, err
 	}
+	start, attempts := time.Now(), 0
+	leases, err := lk.acquireAll(ctx, keys, &attempts)
+	observeAcquired(lk.cfg.Observer, keys, start, attempts, leases, err)
+	return leases, err
+}
+
+// acquireAll takes the local turns of keys in sorted order, then the keys.
+func (lk *Locker) acquireAll(ctx context.Context, keys []string, attempts *int) ([]*Lease, error) {
 	deadline := deadlineAfter(lk.cfg.AcquireTimeout)
 	order := slices.Clone(keys)
 	slices.Sort(order) // local turns in one order: no deadlock between goroutines
@@ -46,7 +54,7 @@ func (lk *Locker) AcquireAll(ctx context.Context, names ...string) ([]*Lease, er
 		}
 		slots[k] = slot
 	}
-	leases, err := lk.contendAll(ctx, keys, slots, deadline)
+	leases, err := lk.contendAll(ctx, keys, slots, deadline, attempts)
 	if err != nil {
 		leaveAll()
 		return nil, fmt.Errorf("consullock: acquire %q: %w", keys, err)
@@ -76,13 +84,14 @@ func (lk *Locker) keysOf(names []string) ([]string, error) {
 
 // contendAll takes every key in one transaction, waiting for a key found
 // held before trying again.
-func (lk *Locker) contendAll(ctx context.Context, keys []string, slots map[string]*keySlot, deadline time.Time) ([]*Lease, error) {
+func (lk *Locker) contendAll(ctx context.Context, keys []string, slots map[string]*keySlot, deadline time.Time, attempts *int) ([]*Lease, error) {
 	for {
 		s, err := lk.session(ctx, deadline)
 		if err != nil {
 			return nil, err
 		}
 		acquiredAt := time.Now()
+		*attempts++
 		tokens, held, err := takeKeys(ctx, lk.conn, keys, lk.cfg.Value(), s.id, deadline)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):

@@ -50,7 +50,7 @@ func TestRegisterAllIsAllOrNothing(t *testing.T) {
 			t.Fatalf("%s: turn taken %d, refs %d after the failed registration, want the caller's turn kept", k, len(slot.turn), slot.refs)
 		}
 	}
-	leases, err := lk.contendAll(ctx, keys, slots, deadline)
+	leases, err := lk.contendAll(ctx, keys, slots, deadline, new(int))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,22 @@ func KeyPrefix(key string, segments int) string {
 	return strings.Join(parts[:min(len(parts), segments)], "/")
 }
 
+// observeAcquired tells o, if any, of the end of an acquire of keys that
+// began at start: one event per key, each with its lease's token.
+func observeAcquired(o Observer, keys []string, start time.Time, attempts int, leases []*Lease, err error) {
+	if o == nil {
+		return
+	}
+	wait := time.Since(start)
+	for i, k := range keys {
+		e := AcquireEvent{Key: k, Wait: wait, Attempts: attempts, Err: err}
+		if i < len(leases) && leases[i] != nil {
+			e.Token = leases[i].token
+		}
+		o.Acquired(e)
+	}
+}
+
 // ContendEvent describes a key found held by another session.
 type ContendEvent struct {
 	Key    string

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -136,7 +137,79 @@ func TestObserverSeesRenewalErrors(t *testing.T) {
 		t.Fatalf("lock lost although a renewal got through in time: %v", l.Err())
 	case <-time.After(consullock.MinLockTimeout):
 	}
+	if got := rec.kinds(); !regexp.MustCompile(`^Acquire( Renew)+$`).MatchString(got) {
+		t.Fatalf("events %s, want the acquire, then failed renewals only", got)
+	}
 	t.Logf("events: %s", rec.kinds())
+}
+
+// A Semaphore and AcquireAll report to the Observer as Acquire does: a
+// waiter's contention, then its acquire with its token; one acquire event
+// per key taken together.
+func TestObserverSeesSemaphoreAndAcquireAll(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	var holderRec, waiterRec recorder
+	name := lockName(t, "sem")
+	holder := newLocker(t, c, consullock.WithObserver(&holderRec))
+	waiter := newLocker(t, c, consullock.WithObserver(&waiterRec), consullock.WithAcquireTimeout(10*time.Second))
+	semOf := func(lk *consullock.Locker) *consullock.Semaphore {
+		sem, err := lk.Semaphore(name, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sem
+	}
+	held, err := semOf(holder).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *consullock.Lease, 1)
+	go func() {
+		l, err := semOf(waiter).Acquire(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	consultest.Eventually(t, 5*time.Second, "the semaphore's waiter reports contention", func() bool { return waiterRec.count("Contend") == 1 })
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := <-got
+	if l == nil {
+		t.FailNow()
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k := holderRec.kinds(); k != "Acquire Release" {
+		t.Fatalf("semaphore holder's events: %s", k)
+	}
+	if k := waiterRec.kinds(); k != "Contend Acquire Release" {
+		t.Fatalf("semaphore waiter's events: %s, want Contend Acquire Release", k)
+	}
+	contend, acq := waiterRec.events[0].(consullock.ContendEvent), waiterRec.events[1].(consullock.AcquireEvent)
+	if contend.Holder != held.Session() || acq.Err != nil || acq.Token != l.Token() || acq.Attempts < 1 {
+		t.Fatalf("semaphore waiter: contend %+v, acquire %+v (lease token %d)", contend, acq, l.Token())
+	}
+
+	var allRec recorder
+	lk := newLocker(t, c, consullock.WithObserver(&allRec))
+	leases, err := lk.AcquireAll(ctx, lockName(t, "a"), lockName(t, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range leases {
+		e, ok := allRec.events[i].(consullock.AcquireEvent)
+		if !ok || e.Key != l.Key() || e.Token != l.Token() || e.Attempts != 1 || e.Err != nil {
+			t.Fatalf("AcquireAll event %d: %+v, want the acquire of %s with token %d", i, allRec.events[i], l.Key(), l.Token())
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // The slog adapter logs every kind of event, and never an ACL token or a

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +49,13 @@ func (lk *Locker) Semaphore(name string, limit int) (*Semaphore, error) {
 // Acquire takes a free slot, waiting up to the Locker's acquire timeout for
 // one; the error wraps ErrNotAcquired when all stayed held that long.
 func (sem *Semaphore) Acquire(ctx context.Context) (*Lease, error) {
+	start, attempts := time.Now(), 0
+	lease, err := sem.acquire(ctx, &attempts)
+	observeAcquired(sem.lk.cfg.Observer, []string{sem.key}, start, attempts, []*Lease{lease}, err)
+	return lease, err
+}
+
+func (sem *Semaphore) acquire(ctx context.Context, attempts *int) (*Lease, error) {
 	deadline := deadlineAfter(sem.lk.cfg.AcquireTimeout)
 	var index uint64
 	for {
@@ -58,18 +67,22 @@ func (sem *Semaphore) Acquire(ctx context.Context) (*Lease, error) {
 		case err != nil:
 			return nil, fmt.Errorf("consullock: acquire %q: %w", sem.key, err)
 		}
-		lease, err := sem.takeFree(ctx, held, deadline)
+		lease, err := sem.takeFree(ctx, held, deadline, attempts)
 		if lease != nil || err != nil {
 			return lease, err
+		}
+		if index == 0 {
+			sem.contended(held)
 		}
 		index = next // every free slot was taken by others just now: wait for a change
 	}
 }
 
-// heldSlots lists the held slots (at once when index is 0, else once the
-// slots change or the wait ends), and checks that their holders agree on the
-// limit. It returns errDeadline when a wait would start past the deadline.
-func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time.Time) (map[string]bool, uint64, error) {
+// heldSlots lists the held slots and their sessions (at once when index is
+// 0, else once the slots change or the wait ends), and checks that their
+// holders agree on the limit. It returns errDeadline when a wait would start
+// past the deadline.
+func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time.Time) (map[string]string, uint64, error) {
 	left := time.Until(deadline)
 	if left <= 0 && index != 0 {
 		return nil, 0, errDeadline
@@ -84,7 +97,7 @@ func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time
 		}
 		return nil, 0, explain(err)
 	}
-	held := map[string]bool{}
+	held := map[string]string{}
 	for _, p := range pairs {
 		if p.Session == "" {
 			continue
@@ -93,19 +106,28 @@ func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time
 			return nil, 0, fmt.Errorf("%w: semaphore %q is used with limit %d here and %d by session %s",
 				ErrInvalidOption, sem.key, sem.limit, h.Limit, p.Session)
 		}
-		held[p.Key] = true
+		held[p.Key] = p.Session
 	}
 	return held, nextIndex(index, meta.LastIndex), nil
 }
 
+// contended tells the Observer, once an acquire, that it waits: every slot
+// was held, by the sessions in held (the first slot's holder is named).
+func (sem *Semaphore) contended(held map[string]string) {
+	if o := sem.lk.cfg.Observer; o != nil && len(held) > 0 {
+		first := slices.Min(slices.Collect(maps.Keys(held)))
+		o.Contended(ContendEvent{Key: sem.key, Holder: held[first]})
+	}
+}
+
 // takeFree tries the slots that looked free, from a random one on so that
 // holders spread out, and returns a lease, or nil when all were taken.
-func (sem *Semaphore) takeFree(ctx context.Context, held map[string]bool, deadline time.Time) (*Lease, error) {
+func (sem *Semaphore) takeFree(ctx context.Context, held map[string]string, deadline time.Time, attempts *int) (*Lease, error) {
 	lk := sem.lk
 	start := rand.IntN(sem.limit)
 	for i := range sem.limit {
 		key := sem.prefix + strconv.Itoa((start+i)%sem.limit)
-		if held[key] {
+		if held[key] != "" {
 			continue
 		}
 		slot, err := lk.takeTurn(ctx, key, time.Now()) // another goroutine of ours has it: next
@@ -121,6 +143,7 @@ func (sem *Semaphore) takeFree(ctx context.Context, held map[string]bool, deadli
 			return nil, err
 		}
 		acquiredAt := time.Now()
+		*attempts++
 		token, maybeTaken, err := takeKey(ctx, lk.conn, key, holderValue(sem.limit), s.id, deadline)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):

@@ -208,7 +208,7 @@ func printReport(w io.Writer, r benchReport, cycles int, d time.Duration) {
 		if i == 0 || r.Contended[i-1].Workers != x.Workers {
 			fmt.Fprintf(w, "\nContended: %d workers on one key, %v each\n", x.Workers, d)
 			tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "implementation\tcycles/s\tvs consul/api\thandoff p50\tcycle p99\tattempts/acquire\t")
+			fmt.Fprintln(tw, "implementation\tcycles/s\tvs consul/api\thandoff p50\tcycle p99\tcycle max\tattempts/acquire\t")
 		}
 		ratio := "-"
 		if apiRate[x.Workers] > 0 {
@@ -218,7 +218,7 @@ func printReport(w io.Writer, r benchReport, cycles int, d time.Duration) {
 		if x.AttemptsPerAcquire > 0 {
 			attempts = fmt.Sprintf("%.2f", x.AttemptsPerAcquire)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t\n", x.Impl, x.PerSecond, ratio, msf(x.HandoffP50), msf(x.P99), attempts)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", x.Impl, x.PerSecond, ratio, msf(x.HandoffP50), msf(x.P99), msf(x.Max), attempts)
 		if i == len(r.Contended)-1 || r.Contended[i+1].Workers != x.Workers {
 			tw.Flush()
 		}

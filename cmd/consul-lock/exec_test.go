@@ -239,16 +239,19 @@ func TestExecMaxHold(t *testing.T) {
 	assertGone(t, c, key)
 }
 
-// exec -v reports the wait, the fencing token and the hold time.
+// exec -v reports the wait, the fencing token and the hold time, for a lock
+// and for a semaphore's slot.
 func TestExecVerbose(t *testing.T) {
 	t.Parallel()
-	r := cli(t, "exec", "-v", lockKey(t), "--", "sh", "-c", "sleep 0.05")
-	if r.code != 0 {
-		t.Fatalf("exit %d: %s", r.code, r.errOut)
-	}
-	for _, re := range []string{`acquired locks/ephemeral/\S+, fencing token [1-9][0-9]*, after waiting \S+`, `released locks/ephemeral/\S+ \(token [1-9][0-9]*\) after holding it [0-9.]+m?s`} {
-		if !regexp.MustCompile(re).MatchString(r.errOut) {
-			t.Errorf("stderr lacks %s:\n%s", re, r.errOut)
+	for _, n := range []string{"1", "2"} {
+		r := cli(t, "exec", "-v", "-n", n, lockKey(t), "--", "sh", "-c", "sleep 0.05")
+		if r.code != 0 {
+			t.Fatalf("-n %s: exit %d: %s", n, r.code, r.errOut)
+		}
+		for _, re := range []string{`acquired locks/ephemeral/\S+, fencing token [1-9][0-9]*, after waiting \S+`, `released locks/ephemeral/\S+ \(token [1-9][0-9]*\) after holding it [0-9.]+m?s`} {
+			if !regexp.MustCompile(re).MatchString(r.errOut) {
+				t.Errorf("-n %s: stderr lacks %s:\n%s", n, re, r.errOut)
+			}
 		}
 	}
 }

@@ -144,13 +144,16 @@ func Cleanup(ctx context.Context, c *api.Client) error {
 
 // Result is what one run measured.
 type Result struct {
-	Impl       string        `json:"impl"`
-	Workers    int           `json:"workers"`
-	Cycles     int           `json:"cycles"`
-	Seconds    float64       `json:"seconds"`
-	PerSecond  float64       `json:"cycles_per_second"`
-	P50        time.Duration `json:"p50_ns"`
-	P99        time.Duration `json:"p99_ns"`
+	Impl      string        `json:"impl"`
+	Workers   int           `json:"workers"`
+	Cycles    int           `json:"cycles"`
+	Seconds   float64       `json:"seconds"`
+	PerSecond float64       `json:"cycles_per_second"`
+	P50       time.Duration `json:"p50_ns"`
+	P99       time.Duration `json:"p99_ns"`
+	// Max is the longest cycle; contended, the worst wait for the lock
+	// (plus one hold): what fair queueing bounds.
+	Max        time.Duration `json:"max_ns"`
 	HandoffP50 time.Duration `json:"handoff_p50_ns,omitempty"`
 	// AttemptsPerAcquire is the mean number of writes that tried to take the
 	// key per successful acquire, from consullock's Observer: 1 means no
@@ -267,6 +270,9 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 	res.Cycles, res.Latencies = len(latencies), latencies
 	res.PerSecond = float64(res.Cycles) / res.Seconds
 	res.P50, res.P99 = Percentile(latencies, 50), Percentile(latencies, 99)
+	if len(latencies) > 0 {
+		res.Max = latencies[len(latencies)-1]
+	}
 	res.HandoffP50 = Percentile(handoffs, 50)
 	if n := count.acquires.Load(); n > 0 {
 		res.AttemptsPerAcquire = float64(count.attempts.Load()) / float64(n)
