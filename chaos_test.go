@@ -44,7 +44,10 @@ func TestKilledHolderFreesTheLockInTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	took := time.Since(killed)
-	if took < delay || took > 2*ttl+delay+4*time.Second {
+	// Consul frees the key by 2 x TTL after the last renewal (before the
+	// kill), then keeps it for the lock delay; the successor polls for the
+	// end of a lock delay at most every 500 ms, and the machine may be busy.
+	if took < delay || took > 2*ttl+delay+2*time.Second {
 		t.Fatalf("lock free %v after its holder was killed, want between the lock delay %v and 2 x TTL + lock delay (%v)", took, delay, 2*ttl+delay)
 	}
 	t.Logf("holder killed with SIGKILL; lock free again %v later (TTL %v, lock delay %v)", took.Round(time.Millisecond), ttl, delay)
@@ -53,7 +56,8 @@ func TestKilledHolderFreesTheLockInTime(t *testing.T) {
 
 // A holder process frozen (SIGSTOP) for longer than its TTL, while another
 // takes the lock, learns of the loss before it does any more work once
-// resumed, and the successor's data stays as the successor wrote it.
+// resumed; a fenced write it makes all the same is refused by Consul, and
+// the successor's data stays as the successor wrote it.
 func TestFrozenHolderStopsBeforeWorkingAgain(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
@@ -83,14 +87,14 @@ func TestFrozenHolderStopsBeforeWorkingAgain(t *testing.T) {
 		t.Fatal("the resumed holder did not stop within 10s")
 	}
 	after := h.after(resumed)
-	if len(after) == 0 || !strings.HasPrefix(after[0], "lost") {
-		t.Fatalf("after resuming the holder printed %q, want it to report the loss first", after)
+	if len(after) != 2 || !strings.HasPrefix(after[0], "lost") || after[1] != "zombie write refused" {
+		t.Fatalf("after resuming the holder printed %q, want it to report the loss first, then its fenced write refused", after)
 	}
 	pair, _, err := c.KV().Get(data, nil)
 	if err != nil || pair == nil || string(pair.Value) != "successor" {
 		t.Fatalf("data = %v (%v): the frozen holder overwrote its successor", pair, err)
 	}
-	t.Logf("holder frozen %v; successor took the lock; on resume the holder said %q", resumed.Sub(frozen).Round(time.Millisecond), after[0])
+	t.Logf("holder frozen %v; successor took the lock; on resume the holder said %q, then %q", resumed.Sub(frozen).Round(time.Millisecond), after[0], after[1])
 	l.Release(context.Background())
 }
 

@@ -19,8 +19,11 @@ import (
 // holderEnv makes this test binary a holder process: addr|name|session TTL|
 // lock delay|data key. The holder takes the lock through a Locker, prints
 // "held TOKEN", then, every 50 ms, checks Err and makes a fenced write of a
-// counter to the data key, printing "wrote N" — or "lost ..." and exit 3 when
-// Err reports the loss, "refused ..." and exit 4 when Consul refuses the write.
+// counter to the data key, printing "wrote N" — or "refused ..." and exit 4
+// when Consul refuses the write. When Err reports the loss, it prints
+// "lost ...", then tries one more fenced write anyway, straight through
+// Consul's transaction API (as a holder that ignored Err would), prints
+// "zombie write refused" or "zombie write landed", and exits 3.
 const holderEnv = "CONSULLOCK_TEST_HOLDER"
 
 func runHolder() int {
@@ -54,6 +57,15 @@ func runHolder() int {
 	for seq := 0; ; seq++ {
 		if err := l.Err(); err != nil {
 			fmt.Printf("lost %v\n", err)
+			ok, _, _, err := c.KV().Txn(api.KVTxnOps{l.CheckOp(), {Verb: api.KVSet, Key: parts[4], Value: []byte("zombie")}}, nil)
+			switch {
+			case err != nil:
+				fmt.Printf("zombie write failed: %v\n", err)
+			case ok:
+				fmt.Println("zombie write landed")
+			default:
+				fmt.Println("zombie write refused")
+			}
 			return 3
 		}
 		if err := l.PutFenced(ctx, parts[4], []byte(fmt.Sprint(seq))); err != nil {

@@ -71,7 +71,7 @@ func (a *attemptCount) perAcquire() float64 {
 // contender key left, and the worst wait is measured against the default.
 func TestFairQueueing(t *testing.T) {
 	t.Parallel()
-	const workers, rounds = 8, 10
+	const workers, rounds = 16, 10
 	fairWaits, fairAttempts := contend(t, lockName(t, "fair"), workers, rounds, 2*time.Millisecond, consullock.WithFairQueueing())
 	waits, defaultAttempts := contend(t, lockName(t, "default"), workers, rounds, 2*time.Millisecond)
 	t.Logf("%d workers x %d cycles: fair queueing: worst wait %v, p50 %v, %.2f attempts per acquire; default: worst wait %v, p50 %v, %.2f attempts per acquire",

@@ -66,7 +66,7 @@ func TestMetricsFollowLockEvents(t *testing.T) {
 	})
 
 	got := collect(t, reader)
-	renewals := got["consullock.renewal.errors"] // timing-dependent; checked in TestRenewalErrors
+	renewals := got["consullock.renewal.errors"] // timing-dependent; counted exactly in TestOptionsAndRenewalErrors
 	delete(got, "consullock.renewal.errors")
 	for attrs := range renewals {
 		if attrs != "" {

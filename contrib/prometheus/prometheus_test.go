@@ -2,6 +2,7 @@ package prometheus_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -72,5 +73,29 @@ consullock_losses_total{prefix="locks/ephemeral/billing"} 1
 	}
 	if n := testutil.CollectAndCount(reg, "consullock_hold_seconds"); n != 1 {
 		t.Errorf("%d hold-time series, want 1 (one prefix)", n)
+	}
+}
+
+// Failed renewals are counted (a session has no key, so the counter has no
+// prefix label), and PrefixSegments sets how much of a key labels it.
+func TestRenewalErrorsAndPrefixSegments(t *testing.T) {
+	reg := prom.NewRegistry()
+	o, err := prometheus.New(reg, prometheus.Options{Namespace: "x", PrefixSegments: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.RenewFailed(consullock.RenewEvent{Session: "s", Err: errors.New("500")})
+	o.RenewFailed(consullock.RenewEvent{Session: "s", Err: errors.New("500")})
+	o.Lost(consullock.LostEvent{Key: "locks/ephemeral/billing/invoice-1", Held: time.Second})
+	const want = `
+# HELP x_renewal_errors_total Session renewals that failed (and were retried).
+# TYPE x_renewal_errors_total counter
+x_renewal_errors_total 2
+# HELP x_losses_total Locks lost while held.
+# TYPE x_losses_total counter
+x_losses_total{prefix="locks/ephemeral"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "x_renewal_errors_total", "x_losses_total"); err != nil {
+		t.Fatal(err)
 	}
 }
