@@ -1,0 +1,46 @@
+package bench_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/consullock/consullock/internal/bench"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+func TestMain(m *testing.M) { consultest.Main(m) }
+
+// Every implementation completes the cycles asked of it, contended and not,
+// and consullock's report the attempts their Observer counted.
+func TestRunMeasuresEveryImpl(t *testing.T) {
+	c := consultest.Client(t)
+	ctx := context.Background()
+	defer bench.Cleanup(ctx, c)
+	var results []bench.Result
+	for _, impl := range bench.Impls() {
+		for _, workers := range []int{1, 3} {
+			r, err := bench.Run(ctx, c, impl, "bench-test", workers, 30, nil)
+			if err != nil {
+				t.Fatalf("%s, %d workers: %v", impl.Name, workers, err)
+			}
+			if r.Cycles != 30 || r.P50 <= 0 || r.P99 < r.P50 || r.Max < r.P99 || r.PerSecond <= 0 {
+				t.Errorf("%s, %d workers: %+v", impl.Name, workers, r)
+			}
+			consullock := strings.HasPrefix(impl.Name, "consullock")
+			if consullock && (r.AttemptsPerAcquire < 1 || workers == 1 && r.AttemptsPerAcquire != 1) {
+				t.Errorf("%s, %d workers: %.2f attempts per acquire", impl.Name, workers, r.AttemptsPerAcquire)
+			}
+			if workers > 1 && r.HandoffP50 <= 0 {
+				t.Errorf("%s, %d workers: no handoff measured", impl.Name, workers)
+			}
+			if workers == 1 {
+				results = append(results, r)
+			}
+		}
+	}
+	var svg strings.Builder
+	if err := bench.PlotSVG(&svg, "test", results); err != nil || !strings.Contains(svg.String(), "</svg>") {
+		t.Fatalf("PlotSVG: %v", err)
+	}
+}
