@@ -71,3 +71,42 @@ func BenchmarkSemaphoreCycle(b *testing.B) {
 		l.Release(context.Background())
 	}
 }
+
+// BenchmarkAcquireAllCycle takes two keys at once and releases them: one
+// transaction to take both, one write to give back each (three writes, one
+// fewer than taking them one by one).
+func BenchmarkAcquireAllCycle(b *testing.B) {
+	c := consultest.Client(b)
+	lk, err := consullock.NewLocker(consullock.WithClient(c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lk.Close(context.Background())
+	for b.Loop() {
+		leases, err := lk.AcquireAll(context.Background(), "bench-all/a", "bench-all/b")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, l := range leases {
+			l.Release(context.Background())
+		}
+	}
+}
+
+// BenchmarkElectionTerm is a campaign that wins at once and a resignation:
+// a session, the key, and the session's end (three writes), as a
+// leader-elected process pays once per term.
+func BenchmarkElectionTerm(b *testing.B) {
+	c := consultest.Client(b)
+	e, err := consullock.NewElection("bench-election", consullock.WithClient(c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		term, err := e.Campaign(context.Background(), []byte("me"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		term.Resign(context.Background())
+	}
+}
