@@ -35,7 +35,22 @@ func takeKey(ctx context.Context, c conn, key string, value []byte, session stri
 
 func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string, also api.KVTxnOps) (uint64, error) {
 	ops := append(api.KVTxnOps{{Verb: api.KVLock, Key: key, Value: value, Session: session}}, also...)
-	ok, resp, err := kvTxn(ctx, c, ops)
+	type answer struct {
+		ok   bool
+		resp *api.KVTxnResponse
+	}
+	take := func(ctx context.Context) (answer, error) {
+		ok, resp, err := kvTxn(ctx, c, ops)
+		return answer{ok, resp}, err
+	}
+	a, err := writeDetached(ctx, take, func(a answer) { // taken after all: give it back
+		if a.ok && len(a.resp.Results) >= 1 {
+			dctx, cancel := detached(context.Background())
+			defer cancel()
+			deleteIfUnchanged(dctx, c, key, a.resp.Results[0].ModifyIndex)
+		}
+	})
+	ok, resp := a.ok, a.resp
 	switch {
 	case err != nil:
 		return 0, err

@@ -140,8 +140,26 @@ func takeKeys(ctx context.Context, c conn, keys []string, value []byte, session 
 	for i, k := range keys {
 		ops[i] = &api.KVTxnOp{Verb: api.KVLock, Key: k, Value: value, Session: session}
 	}
-	err = retry(ctx, deadline, func() error {
+	take := func(ctx context.Context) (*api.KVTxnResponse, error) {
 		ok, resp, err := kvTxn(ctx, c, ops)
+		switch {
+		case err == nil && !ok && len(resp.Errors) == 0:
+			return nil, errors.New("Consul rolled the transaction back without saying why")
+		case err == nil && !ok:
+			resp.Results = nil // rolled back: nothing to give back
+		}
+		return resp, err
+	}
+	giveBack := func(resp *api.KVTxnResponse) { // taken after all
+		dctx, cancel := detached(context.Background())
+		defer cancel()
+		for i, r := range resp.Results {
+			deleteIfUnchanged(dctx, c, keys[i], r.ModifyIndex)
+		}
+	}
+	err = retry(ctx, deadline, func() error {
+		resp, err := writeDetached(ctx, take, giveBack)
+		ok := err == nil && len(resp.Errors) == 0
 		switch {
 		case err != nil:
 			return err

@@ -72,14 +72,21 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 		"Checks":     []string{},
 		"NodeChecks": []string{},
 	}
-	var out struct{ ID string }
-	if _, err := c.c.Raw().Write("/v1/session/create", body, &out, c.write(ctx)); err != nil {
-		return "", err
+	create := func(ctx context.Context) (string, error) {
+		var out struct{ ID string }
+		if _, err := c.c.Raw().Write("/v1/session/create", body, &out, c.write(ctx)); err != nil {
+			return "", err
+		}
+		if out.ID == "" {
+			return "", errors.New("Consul returned no session ID")
+		}
+		return out.ID, nil
 	}
-	if out.ID == "" {
-		return "", errors.New("Consul returned no session ID")
-	}
-	return out.ID, nil
+	return writeDetached(ctx, create, func(id string) {
+		dctx, cancel := detached(context.Background())
+		defer cancel()
+		destroySession(dctx, c, id)
+	})
 }
 
 // destroyStrays destroys the sessions named name other than keep: creates

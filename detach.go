@@ -1,0 +1,40 @@
+package consullock
+
+import "context"
+
+// A request that a cancelled context cuts off may still reach Consul and be
+// applied after its caller cleaned up: a session created, or a key taken,
+// that nobody knows of. The writes whose effect would outlive their caller
+// therefore run with a context of their own, so that their outcome is always
+// learnt. The caller still returns as soon as its context ends, and a write
+// it abandoned is undone in the background once its answer says it applied.
+
+// writeDetached runs write with a context that ctx's cancellation does not
+// reach (bounded by cleanupTimeout), and returns its result, or ctx's cause
+// as soon as ctx ends first. In that case undo runs, in the background, on
+// the result of a write that turns out to have succeeded.
+func writeDetached[T any](ctx context.Context, write func(context.Context) (T, error), undo func(T)) (T, error) {
+	type outcome struct {
+		v   T
+		err error
+	}
+	done := make(chan outcome, 1)
+	wctx, cancel := detached(ctx)
+	go func() {
+		defer cancel()
+		v, err := write(wctx)
+		done <- outcome{v, err}
+	}()
+	select {
+	case o := <-done:
+		return o.v, o.err
+	case <-ctx.Done():
+		go func() {
+			if o := <-done; o.err == nil {
+				undo(o.v)
+			}
+		}()
+		var zero T
+		return zero, context.Cause(ctx)
+	}
+}
