@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -224,4 +227,25 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// With no agent at CONSUL_HTTP_ADDR, the demo starts a dev agent of its
+// own, runs on it, and stops it at the end.
+func TestDemoStartsItsOwnAgent(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(bin, "demo", "-workers", "2", "-rounds", "1", "-hold", "10ms")
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR=127.0.0.1:1")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("demo: %v\n%s", err, errOut.String())
+	}
+	m := regexp.MustCompile(`dev agent at (\S+)`).FindStringSubmatch(errOut.String())
+	if m == nil || !strings.Contains(out.String(), "done: 2 critical sections") {
+		t.Fatalf("demo did not run on an agent of its own:\nstdout: %s\nstderr: %s", out.String(), errOut.String())
+	}
+	if conn, err := net.DialTimeout("tcp", m[1], time.Second); err == nil {
+		conn.Close()
+		t.Fatalf("the demo's agent at %s still answers after the demo ended", m[1])
+	}
 }
