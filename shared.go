@@ -27,7 +27,7 @@ func startSharedSession(lk *Locker, id string, expires time.Time) *sharedSession
 	s := &sharedSession{lk: lk, id: id, renewed: make(chan struct{}), expires: expires, leases: map[*Lease]struct{}{}}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	lk.mu.Lock() // the timer may fire at once: end reads s.expiry under lk.mu
-	s.expiry = time.AfterFunc(time.Until(expires), func() { s.end(s.expiredErr()) })
+	s.expiry = time.AfterFunc(time.Until(expires), s.expire)
 	lk.mu.Unlock()
 	go func() {
 		defer close(s.renewed)
@@ -36,6 +36,17 @@ func startSharedSession(lk *Locker, id string, expires time.Time) *sharedSession
 		})
 	}()
 	return s
+}
+
+// expire ends the session at its local deadline, unless a renewal moved the
+// deadline on just as the timer fired.
+func (s *sharedSession) expire() {
+	s.lk.mu.Lock()
+	extended := time.Now().Before(s.expires)
+	s.lk.mu.Unlock()
+	if !extended {
+		s.end(s.expiredErr())
+	}
 }
 
 func (s *sharedSession) expiredErr() error {
