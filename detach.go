@@ -1,6 +1,9 @@
 package consullock
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // A request that a cancelled context cuts off may still reach Consul and be
 // applied after its caller cleaned up: a session created, or a key taken,
@@ -9,11 +12,21 @@ import "context"
 // learnt. The caller still returns as soon as its context ends, and a write
 // it abandoned is undone in the background once its answer says it applied.
 
+// errWriteTimedOut reports a write that Consul did not answer within
+// cleanupTimeout, while its caller's context lives on: it may have been
+// applied, and it is worth trying again.
+var errWriteTimedOut = errors.New("Consul did not answer the write in time")
+
 // writeDetached runs write with a context that ctx's cancellation does not
 // reach (bounded by cleanupTimeout), and returns its result, or ctx's cause
-// as soon as ctx ends first. In that case undo runs, in the background, on
-// the result of a write that turns out to have succeeded.
+// as soon as ctx ends first. In that case undo, if not nil, runs in the
+// background on the result of a write that turns out to have succeeded. A
+// ctx already ended sends nothing.
 func writeDetached[T any](ctx context.Context, write func(context.Context) (T, error), undo func(T)) (T, error) {
+	var zero T
+	if ctx.Err() != nil {
+		return zero, context.Cause(ctx)
+	}
 	type outcome struct {
 		v   T
 		err error
@@ -23,6 +36,9 @@ func writeDetached[T any](ctx context.Context, write func(context.Context) (T, e
 	go func() {
 		defer cancel()
 		v, err := write(wctx)
+		if err != nil && wctx.Err() != nil {
+			err = errWriteTimedOut
+		}
 		done <- outcome{v, err}
 	}()
 	select {
@@ -30,11 +46,10 @@ func writeDetached[T any](ctx context.Context, write func(context.Context) (T, e
 		return o.v, o.err
 	case <-ctx.Done():
 		go func() {
-			if o := <-done; o.err == nil {
+			if o := <-done; o.err == nil && undo != nil {
 				undo(o.v)
 			}
 		}()
-		var zero T
 		return zero, context.Cause(ctx)
 	}
 }

@@ -219,10 +219,12 @@ func (l *Lease) releaseFailed() {
 	l.pending = nil
 	l.mu.Unlock()
 	switch {
-	case pending != nil:
-		l.fail(pending, giveBack)
-	case !time.Now().Before(l.deadline): // its timer fired during the attempt
-		l.expire()
+	case pending != nil && l.lose(pending, giveBack):
+		// The holder hears of the loss now; giving the key back may take
+		// as long again as the failed Release did, and is not its business.
+		go l.end(giveBack)
+	case pending == nil && !time.Now().Before(l.deadline): // its timer fired during the attempt
+		go l.expire()
 	}
 }
 

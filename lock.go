@@ -281,8 +281,9 @@ func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
 	for {
 		h.attempts++
 		// A take that may have applied although it failed needs no care
-		// here: destroying the session deletes the key.
-		if h.token, _, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline); h.token != 0 || err != nil {
+		// here, nor one abandoned when ctx ended: destroying the session
+		// deletes the key, and a take applied after that fails.
+		if h.token, _, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline, nil); h.token != 0 || err != nil {
 			return h, err
 		}
 		switch err = w.untilFree(ctx); {

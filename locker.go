@@ -169,7 +169,7 @@ func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadli
 		}
 		acquiredAt := time.Now()
 		*attempts++
-		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline, leave...)
+		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline, lk.giveBackAbandoned(key), leave...)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):
 			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))

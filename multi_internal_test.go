@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/consullock/consullock/internal/consultest"
 )
 
@@ -35,7 +37,7 @@ func TestRegisterAllIsAllOrNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokens, _, err := takeKeys(ctx, lk.conn, keys, lk.cfg.Value(), s.id, deadline)
+	tokens, _, err := takeKeys(ctx, lk.conn, keys, lk.cfg.Value(), s.id, deadline, nil)
 	if err != nil || tokens == nil {
 		t.Fatalf("take %q: tokens %v, %v", keys, tokens, err)
 	}
@@ -63,5 +65,55 @@ func TestRegisterAllIsAllOrNothing(t *testing.T) {
 		if err := l.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A take abandoned by its caller that Consul applied after another
+// goroutine of the Locker took the key with the same session (so the key is
+// at the abandoned write's index) is not undone under that goroutine's
+// lease: the undo waits for the local turn, and deletes the key only once
+// no lease of the Locker holds it.
+func TestAbandonedTakeWaitsForTheTurn(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	lk, err := NewLocker(WithClient(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Close(ctx)
+	name := t.Name() + "/k"
+	lease, err := lk.Acquire(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The abandoned write lands now: the same session takes the key again.
+	stale, _, err := takeKey(ctx, lk.conn, lease.key, nil, lease.Session(), time.Now().Add(5*time.Second), nil)
+	if err != nil || stale == 0 {
+		t.Fatalf("stale take: %d, %v", stale, err)
+	}
+	undone := make(chan struct{})
+	go func() {
+		lk.giveBackAbandoned(lease.key)(stale)
+		close(undone)
+	}()
+	consultest.Eventually(t, 5*time.Second, "the undo waits for the turn", func() bool {
+		lk.mu.Lock()
+		defer lk.mu.Unlock()
+		return lk.slots[lease.key] != nil && lk.slots[lease.key].refs == 2
+	})
+	if pair, _, err := c.KV().Get(lease.key, &api.QueryOptions{RequireConsistent: true}); err != nil || pair == nil || pair.Session != lease.Session() {
+		t.Fatalf("the key was given back under a lease that holds it: %+v, %v", pair, err)
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-undone:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the undo did not finish after the lease was released")
+	}
+	if pair, _, _ := c.KV().Get(lease.key, &api.QueryOptions{RequireConsistent: true}); pair != nil {
+		t.Fatalf("key left after the release and the undo: %+v", pair)
 	}
 }

@@ -50,10 +50,11 @@ func (e AcquireEvent) Result() string {
 	}
 }
 
-// KeyPrefix returns the first segments of key ("/"-separated), the whole key
-// when it has no more: a label for metrics whose number of values stays
-// bounded when keys name many things.
+// KeyPrefix returns the first segments of key ("/"-separated; at least one),
+// the whole key when it has no more: a label for metrics whose number of
+// values stays bounded when keys name many things.
 func KeyPrefix(key string, segments int) string {
+	segments = max(segments, 1)
 	parts := strings.SplitN(key, "/", segments+1)
 	return strings.Join(parts[:min(len(parts), segments)], "/")
 }

@@ -304,6 +304,8 @@ func TestKeyPrefixAndResult(t *testing.T) {
 		{"locks/ephemeral/billing", 3, "locks/ephemeral/billing"},
 		{"locks/x", 3, "locks/x"},
 		{"a/b/c", 1, "a"},
+		{"a/b/c", 0, "a"},
+		{"a/b/c", -1, "a"},
 	} {
 		if got := consullock.KeyPrefix(tc.key, tc.segments); got != tc.want {
 			t.Errorf("KeyPrefix(%q, %d) = %q, want %q", tc.key, tc.segments, got, tc.want)

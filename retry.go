@@ -45,6 +45,8 @@ func transient(err error) bool {
 	var status api.StatusError
 	var urlErr *url.Error
 	switch {
+	case errors.Is(err, errWriteTimedOut):
+		return true
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, ErrPermissionDenied), permissionDenied(err):
 		return false

@@ -67,9 +67,12 @@ func (sem *Semaphore) acquire(ctx context.Context, attempts *int) (*Lease, error
 		case err != nil:
 			return nil, fmt.Errorf("consullock: acquire %q: %w", sem.key, err)
 		}
-		lease, err := sem.takeFree(ctx, held, deadline, attempts)
-		if lease != nil || err != nil {
+		lease, again, err := sem.takeFree(ctx, held, deadline, attempts)
+		switch {
+		case lease != nil || err != nil:
 			return lease, err
+		case again: // with a new session, at once
+			continue
 		}
 		if index == 0 {
 			sem.contended(held)
@@ -121,8 +124,10 @@ func (sem *Semaphore) contended(held map[string]string) {
 }
 
 // takeFree tries the slots that looked free, from a random one on so that
-// holders spread out, and returns a lease, or nil when all were taken.
-func (sem *Semaphore) takeFree(ctx context.Context, held map[string]string, deadline time.Time, attempts *int) (*Lease, error) {
+// holders spread out, and returns a lease, or nil when all were taken; again
+// when the Locker's session was gone and the slots are to be tried again at
+// once with a new one.
+func (sem *Semaphore) takeFree(ctx context.Context, held map[string]string, deadline time.Time, attempts *int) (lease *Lease, again bool, err error) {
 	lk := sem.lk
 	start := rand.IntN(sem.limit)
 	for i := range sem.limit {
@@ -133,23 +138,23 @@ func (sem *Semaphore) takeFree(ctx context.Context, held map[string]string, dead
 		slot, err := lk.takeTurn(ctx, key, time.Now()) // another goroutine of ours has it: next
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, context.Cause(ctx)
+				return nil, false, context.Cause(ctx)
 			}
 			continue
 		}
 		s, err := lk.session(ctx, deadline)
 		if err != nil {
 			lk.leave(key, slot, true)
-			return nil, err
+			return nil, false, err
 		}
 		acquiredAt := time.Now()
 		*attempts++
-		token, maybeTaken, err := takeKey(ctx, lk.conn, key, holderValue(sem.limit), s.id, deadline)
+		token, maybeTaken, err := takeKey(ctx, lk.conn, key, holderValue(sem.limit), s.id, deadline, lk.giveBackAbandoned(key))
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):
 			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))
 			lk.leave(key, slot, true)
-			return nil, nil // look again, with a new session
+			return nil, true, nil
 		case err != nil:
 			if maybeTaken {
 				cctx, cancel := detached(ctx)
@@ -157,14 +162,16 @@ func (sem *Semaphore) takeFree(ctx context.Context, held map[string]string, dead
 				cancel()
 			}
 			lk.leave(key, slot, true)
-			return nil, fmt.Errorf("consullock: acquire %q: %w", sem.key, err)
+			return nil, false, fmt.Errorf("consullock: acquire %q: %w", sem.key, err)
 		case token != 0:
 			lk.took(slot)
 			if l := s.register(key, slot, token, acquiredAt); l != nil {
-				return l, nil
+				return l, false, nil
 			}
+			lk.leave(key, slot, true) // the session ended just now
+			return nil, true, nil
 		}
 		lk.leave(key, slot, true)
 	}
-	return nil, nil
+	return nil, false, nil
 }

@@ -155,3 +155,23 @@ func (lk *Locker) releaseOrphan(key, session string, token uint64) {
 	}
 	destroySession(ctx, lk.conn, session)
 }
+
+// giveBackAbandoned is the abandoned hook of a key that the Locker's session
+// may take for one goroutine after another. The abandoned write may have
+// applied after the next local holder took the key with the same session,
+// leaving the key at the abandoned write's index: deleting it then would
+// free the next holder's lock under it. So the key is given back with the
+// local turn in hand, once no lease of the Locker holds it; a lease that
+// held it meanwhile has given it back already.
+func (lk *Locker) giveBackAbandoned(key string) func(token uint64) {
+	return func(token uint64) {
+		ctx, cancel := detached(context.Background())
+		defer cancel()
+		slot, err := lk.takeTurn(ctx, key, time.Now().Add(cleanupTimeout))
+		if err != nil {
+			return // a closed Locker: destroying its session frees the key
+		}
+		deleteIfUnchanged(ctx, lk.conn, key, token)
+		lk.leave(key, slot, true)
+	}
+}

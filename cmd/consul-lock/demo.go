@@ -63,6 +63,9 @@ func runDemo(ctx context.Context, args []string, s stdio) error {
 	}
 	wg.Wait()
 	close(errc)
+	if ctx.Err() != nil { // Ctrl-C: the workers stopped and released
+		return exitError{130, "interrupted"}
+	}
 	if err := <-errc; err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ SIGINT and SIGTERM are passed on to it. If the lock is lost while it runs,
 its process group gets SIGTERM at once and SIGKILL after -grace.
 
 Exit statuses besides COMMAND's:
-  64   usage error
+  64   usage error: flags, KEY, or client settings (an unreadable token file)
   69   Consul unreachable or refusing (ACL, TLS)
   75   lock not acquired within -timeout (see -conflict-exit-code)
   76   lock lost while COMMAND ran; COMMAND was stopped

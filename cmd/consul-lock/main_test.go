@@ -117,6 +117,9 @@ func TestUsageErrorsExit64(t *testing.T) {
 		{"status", "../x"},
 		{"release"},
 		{"release", "-yes", "../x"},
+		{"exec", "-token-file", "/nonexistent/token", "k", "--", "true"},
+		{"exec", "-ca-file", "/nonexistent/ca.pem", "../x", "--", "true"},
+		{"status", "-token-file", "/nonexistent/token", "k"},
 	}
 	c := consultest.Client(t)
 	before := sessionIDs(t, c)

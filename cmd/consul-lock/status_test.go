@@ -205,6 +205,9 @@ func TestDemoInterruptedLeavesNothingBehind(t *testing.T) {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		t.Fatal("demo did not stop within 20s of Ctrl-C")
 	}
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Errorf("demo interrupted by Ctrl-C exited %d, want 130", code)
+	}
 	assertGone(t, c, key)
 	consultest.Eventually(t, 5*time.Second, "no process of the demo left", func() bool {
 		return syscall.Kill(-cmd.Process.Pid, 0) == syscall.ESRCH
