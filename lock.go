@@ -43,6 +43,7 @@ type EphemeralLock struct {
 	stopRenew context.CancelFunc // ends the goroutine that renews the hold
 	expiry    *time.Timer        // fires at the hold's local deadline
 	onLost    context.CancelCauseFunc
+	releasing chan struct{} // while a Release gives the key back; closed when it is done
 }
 
 type lockState int
@@ -184,6 +185,16 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 		}
 		l.mu.Lock()
 	}
+	for l.releasing != nil { // another Release is giving the key back: its outcome is ours
+		done := l.releasing
+		l.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return fmt.Errorf("consullock: release %q: %w", l.key, context.Cause(ctx))
+		}
+		l.mu.Lock()
+	}
 	defer l.mu.Unlock()
 	if l.state != stateHeld {
 		l.state = stateDone
@@ -191,11 +202,10 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 		return nil
 	}
 	l.stopRenew()
-	rctx, cancel := detached(ctx)
-	defer cancel()
-	err := l.giveBack(rctx, l.hold.session, l.hold.token)
+	h := l.hold
+	err := l.giveBackUnlocked(ctx, h)
 	if l.cfg.Observer != nil {
-		released = &ReleaseEvent{Key: l.key, Token: l.hold.token, Held: time.Since(l.hold.acquired), Err: err}
+		released = &ReleaseEvent{Key: l.key, Token: h.token, Held: time.Since(h.acquired), Err: err}
 	}
 	if err != nil {
 		l.endHold(true)
@@ -206,6 +216,22 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 	l.endHold(false)
 	l.state, l.hold = stateDone, hold{}
 	return nil
+}
+
+// giveBackUnlocked gives h back with l.mu unlocked, so that Err, Token and
+// the watches are not held up for as long as Consul takes to answer; a
+// loss found meanwhile is not reported (see loseLocked): the lock is being
+// given up. l.mu is held on entry and on return.
+func (l *EphemeralLock) giveBackUnlocked(ctx context.Context, h hold) error {
+	l.releasing = make(chan struct{})
+	l.mu.Unlock()
+	rctx, cancel := detached(ctx)
+	err := l.giveBack(rctx, h.session, h.token)
+	cancel()
+	l.mu.Lock()
+	close(l.releasing)
+	l.releasing = nil
+	return err
 }
 
 // Hold acquires the lock, runs fn, and releases the lock however fn ends,

@@ -84,7 +84,7 @@ func (l *EphemeralLock) expiredReason() string {
 // loseLocked is lose with l.mu held; it returns the loss, or nil if h was
 // not lost now.
 func (l *EphemeralLock) loseLocked(h hold, reason string) error {
-	if l.state != stateHeld || l.hold.session != h.session || l.lostErr != nil {
+	if l.state != stateHeld || l.hold.session != h.session || l.lostErr != nil || l.releasing != nil {
 		return nil
 	}
 	l.lostErr = fmt.Errorf("%w: %q (session %s, token %d): %s", ErrLockLost, l.key, h.session, h.token, reason)

@@ -296,3 +296,32 @@ func TestLossDuringFailedReleaseIsReported(t *testing.T) {
 	}
 	proxy.SetFaults(0)
 }
+
+// While a Release waits for Consul (here, answering 500 until told
+// otherwise), Err and Token answer at once rather than waiting for it, and
+// a second Release waits for the first's outcome.
+func TestReleaseDoesNotHoldUpErr(t *testing.T) {
+	t.Parallel()
+	c, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
+	l := mustAcquire(t, c, lockName(t, "k"))
+	token := l.Token()
+	proxy.SetFaults(1, faultproxy.Status500)
+	released := make(chan error, 2)
+	go func() { released <- l.Release(context.Background()) }()
+	consultest.Eventually(t, 5*time.Second, "the release meets a failure", func() bool { return proxy.Counts()[faultproxy.Status500] > 0 })
+	go func() { released <- l.Release(context.Background()) }()
+	start := time.Now()
+	err, tok := l.Err(), l.Token()
+	if took := time.Since(start); took > time.Second || err != nil || tok != token {
+		t.Fatalf("during a Release: Err() = %v, Token() = %d (want %d), after %v", err, tok, token, took)
+	}
+	proxy.SetFaults(0)
+	for range 2 {
+		if err := <-released; err != nil {
+			t.Fatalf("Release once Consul answered again: %v", err)
+		}
+	}
+	if s := holderSession(t, consultest.Client(t), l.Key()); s != "" {
+		t.Fatalf("key held by %s after the Release", s)
+	}
+}
