@@ -22,8 +22,8 @@ import (
 //
 // also are operations to apply in the same transaction when the key is taken.
 // abandoned, if not nil, gives back a key that an attempt abandoned by ctx's
-// end took all the same, with the token it got (see writeDetached).
-func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time, abandoned func(token uint64), also ...*api.KVTxnOp) (token uint64, maybeTaken bool, err error) {
+// end took all the same (see kvTxnDetached).
+func takeKey(ctx context.Context, c conn, key string, value []byte, session string, deadline time.Time, abandoned func([]*api.KVPair), also ...*api.KVTxnOp) (token uint64, maybeTaken bool, err error) {
 	err = retry(ctx, deadline, func() (err error) {
 		token, err = takeKeyOnce(ctx, c, key, value, session, abandoned, also)
 		maybeTaken = maybeTaken || !unapplied(err)
@@ -35,22 +35,9 @@ func takeKey(ctx context.Context, c conn, key string, value []byte, session stri
 	return token, false, nil
 }
 
-func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string, abandoned func(uint64), also api.KVTxnOps) (uint64, error) {
+func takeKeyOnce(ctx context.Context, c conn, key string, value []byte, session string, abandoned func([]*api.KVPair), also api.KVTxnOps) (uint64, error) {
 	ops := append(api.KVTxnOps{{Verb: api.KVLock, Key: key, Value: value, Session: session}}, also...)
-	type answer struct {
-		ok   bool
-		resp *api.KVTxnResponse
-	}
-	take := func(ctx context.Context) (answer, error) {
-		ok, resp, err := kvTxn(ctx, c, ops)
-		return answer{ok, resp}, err
-	}
-	a, err := writeDetached(ctx, take, func(a answer) {
-		if abandoned != nil && a.ok && len(a.resp.Results) >= 1 && a.resp.Results[0].ModifyIndex != 0 {
-			abandoned(a.resp.Results[0].ModifyIndex)
-		}
-	})
-	ok, resp := a.ok, a.resp
+	ok, resp, err := kvTxnDetached(ctx, c, ops, abandoned)
 	switch {
 	case err != nil:
 		return 0, err
@@ -101,18 +88,6 @@ func deleteIfUnchanged(ctx context.Context, c conn, key string, token uint64) (b
 		return false, fmt.Errorf("delete key: %w", explain(err))
 	}
 	return deleted, nil
-}
-
-// giveBackUnique is the abandoned hook of a key that no other holder can
-// have taken since with the same session (a contender key, named anew for
-// each acquire): it deletes the key if it is still as the abandoned write
-// left it.
-func giveBackUnique(c conn, key string) func(token uint64) {
-	return func(token uint64) {
-		ctx, cancel := detached(context.Background())
-		defer cancel()
-		deleteIfUnchanged(ctx, c, key, token)
-	}
 }
 
 // deleteIfHeld deletes key in one transaction that applies only while

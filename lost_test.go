@@ -268,7 +268,8 @@ func TestLossDuringFailedReleaseIsReported(t *testing.T) {
 	t.Parallel()
 	direct := consultest.Client(t)
 	c, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
-	lk := newLocker(t, c, consullock.WithSessionTTL(10*time.Second))
+	var rec recorder
+	lk := newLocker(t, c, consullock.WithSessionTTL(10*time.Second), consullock.WithObserver(&rec))
 	ctx := context.Background()
 	l, err := lk.Acquire(ctx, lockName(t, "k"))
 	if err != nil {
@@ -280,9 +281,9 @@ func TestLossDuringFailedReleaseIsReported(t *testing.T) {
 	})
 	l.Lost() // watched, as Hold watches it
 	proxy.SetFaults(1, faultproxy.Status500)
-	// The session's local deadline (9 s) now passes while Release retries
-	// for 10 s.
-	time.Sleep(2 * time.Second) // let the deadline fall inside the attempts
+	// Once a renewal (at 5 s) is refused, the session's local deadline (9 s)
+	// falls inside the 10 s for which Release retries.
+	consultest.Eventually(t, 10*time.Second, "a renewal is refused", func() bool { return rec.count("Renew") > 0 })
 	if err := l.Release(ctx); err == nil {
 		t.Fatal("Release succeeded through a proxy that answers only 500")
 	}

@@ -92,7 +92,7 @@ func (lk *Locker) contendAll(ctx context.Context, keys []string, slots map[strin
 		}
 		acquiredAt := time.Now()
 		*attempts++
-		tokens, held, err := takeKeys(ctx, lk.conn, keys, lk.cfg.Value(), s.id, deadline, lk.giveBackAbandonedAll(keys))
+		tokens, held, err := takeKeys(ctx, lk.conn, keys, lk.cfg.Value(), s.id, deadline, lk.giveBackAbandoned(keys...))
 		switch {
 		case err != nil && strings.Contains(err.Error(), "nvalid session"):
 			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))
@@ -135,33 +135,13 @@ func (lk *Locker) registerAll(s *sharedSession, keys []string, slots map[string]
 // transient failures until deadline. It returns the tokens, or, when a key
 // is held by another session or kept by a lock delay, nil and that key's
 // position.
-func takeKeys(ctx context.Context, c conn, keys []string, value []byte, session string, deadline time.Time, abandoned func(tokens []uint64)) (tokens []uint64, held int, err error) {
+func takeKeys(ctx context.Context, c conn, keys []string, value []byte, session string, deadline time.Time, abandoned func([]*api.KVPair)) (tokens []uint64, held int, err error) {
 	ops := make(api.KVTxnOps, len(keys))
 	for i, k := range keys {
 		ops[i] = &api.KVTxnOp{Verb: api.KVLock, Key: k, Value: value, Session: session}
 	}
-	take := func(ctx context.Context) (*api.KVTxnResponse, error) {
-		ok, resp, err := kvTxn(ctx, c, ops)
-		switch {
-		case err == nil && !ok && len(resp.Errors) == 0:
-			return nil, errors.New("Consul rolled the transaction back without saying why")
-		case err == nil && !ok:
-			resp.Results = nil // rolled back: nothing to give back
-		}
-		return resp, err
-	}
-	giveBack := func(resp *api.KVTxnResponse) {
-		if abandoned != nil && len(resp.Results) == len(keys) {
-			tokens := make([]uint64, len(keys))
-			for i, r := range resp.Results {
-				tokens[i] = r.ModifyIndex
-			}
-			abandoned(tokens)
-		}
-	}
 	err = retry(ctx, deadline, func() error {
-		resp, err := writeDetached(ctx, take, giveBack)
-		ok := err == nil && len(resp.Errors) == 0
+		ok, resp, err := kvTxnDetached(ctx, c, ops, abandoned)
 		switch {
 		case err != nil:
 			return err
@@ -184,34 +164,4 @@ func takeKeys(ctx context.Context, c conn, keys []string, value []byte, session 
 		return nil, 0, fmt.Errorf("acquire keys: %w", explain(err))
 	}
 	return tokens, held, nil
-}
-
-// giveBackAbandonedAll is giveBackAbandoned for keys taken together: the
-// turns are taken in sorted order, as AcquireAll takes them.
-func (lk *Locker) giveBackAbandonedAll(keys []string) func(tokens []uint64) {
-	return func(tokens []uint64) {
-		ctx, cancel := detached(context.Background())
-		defer cancel()
-		order := make([]int, len(keys))
-		for i := range order {
-			order[i] = i
-		}
-		slices.SortFunc(order, func(a, b int) int { return strings.Compare(keys[a], keys[b]) })
-		slots := map[int]*keySlot{}
-		defer func() {
-			for i, slot := range slots {
-				lk.leave(keys[i], slot, true)
-			}
-		}()
-		for _, i := range order {
-			// A turn not had in time is held on by a lease, which gives the
-			// key back itself.
-			if slot, err := lk.takeTurn(ctx, keys[i], time.Now().Add(cleanupTimeout)); err == nil {
-				slots[i] = slot
-			}
-		}
-		for i := range slots {
-			deleteIfUnchanged(ctx, lk.conn, keys[i], tokens[i])
-		}
-	}
 }

@@ -94,7 +94,7 @@ func TestAbandonedTakeWaitsForTheTurn(t *testing.T) {
 	}
 	undone := make(chan struct{})
 	go func() {
-		lk.giveBackAbandoned(lease.key)(stale)
+		lk.giveBackAbandoned(lease.key)([]*api.KVPair{{ModifyIndex: stale}})
 		close(undone)
 	}()
 	consultest.Eventually(t, 5*time.Second, "the undo waits for the turn", func() bool {

@@ -26,7 +26,7 @@ func queuePrefix(key string) string { return key + ".queue/" }
 // has most likely just taken the lock.
 func (lk *Locker) enqueue(ctx context.Context, key, session string, deadline time.Time) (me string, waited bool, err error) {
 	me = queuePrefix(key) + session + "-" + nonce()
-	if _, _, err := takeKey(ctx, lk.conn, me, nil, session, deadline, giveBackUnique(lk.conn, me)); err != nil {
+	if _, _, err := takeKey(ctx, lk.conn, me, nil, session, deadline, lk.giveBackAbandoned(me)); err != nil {
 		return me, false, fmt.Errorf("enqueue: %w", err)
 	}
 	for {

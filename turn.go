@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Local turns: the goroutines of one Locker that want the same key queue
@@ -156,22 +158,25 @@ func (lk *Locker) releaseOrphan(key, session string, token uint64) {
 	destroySession(ctx, lk.conn, session)
 }
 
-// giveBackAbandoned is the abandoned hook of a key that the Locker's session
-// may take for one goroutine after another. The abandoned write may have
-// applied after the next local holder took the key with the same session,
-// leaving the key at the abandoned write's index: deleting it then would
-// free the next holder's lock under it. So the key is given back with the
-// local turn in hand, once no lease of the Locker holds it; a lease that
-// held it meanwhile has given it back already.
-func (lk *Locker) giveBackAbandoned(key string) func(token uint64) {
-	return func(token uint64) {
+// giveBackAbandoned returns the abandoned hook (see kvTxnDetached) of keys
+// that the Locker's session may take for one goroutine after another. The
+// abandoned write may have applied after the next local holder took a key
+// with the same session, leaving the key at the abandoned write's index:
+// deleting it then would free the next holder's lock under it. So each key
+// is given back with its local turn in hand, once no lease of the Locker
+// holds it (a lease that held it meanwhile has given it back already), one
+// key at a time, so that no turn is held while waiting for another.
+func (lk *Locker) giveBackAbandoned(keys ...string) func([]*api.KVPair) {
+	return func(results []*api.KVPair) {
 		ctx, cancel := detached(context.Background())
 		defer cancel()
-		slot, err := lk.takeTurn(ctx, key, time.Now().Add(cleanupTimeout))
-		if err != nil {
-			return // a closed Locker: destroying its session frees the key
+		for i, key := range keys {
+			slot, err := lk.takeTurn(ctx, key, time.Now().Add(cleanupTimeout))
+			if err != nil {
+				continue // a closed Locker: destroying its session frees the key
+			}
+			deleteIfUnchanged(ctx, lk.conn, key, results[i].ModifyIndex)
+			lk.leave(key, slot, true)
 		}
-		deleteIfUnchanged(ctx, lk.conn, key, token)
-		lk.leave(key, slot, true)
 	}
 }

@@ -33,6 +33,25 @@ func kvTxn(ctx context.Context, c conn, ops api.KVTxnOps) (bool, *api.KVTxnRespo
 	return true, kvResults(&out), nil
 }
 
+// kvTxnDetached is kvTxn run by writeDetached: it returns when ctx ends, and
+// a transaction that applied all the same is then passed to abandoned, if
+// not nil, with its results.
+func kvTxnDetached(ctx context.Context, c conn, ops api.KVTxnOps, abandoned func([]*api.KVPair)) (bool, *api.KVTxnResponse, error) {
+	type answer struct {
+		ok   bool
+		resp *api.KVTxnResponse
+	}
+	a, err := writeDetached(ctx, func(ctx context.Context) (answer, error) {
+		ok, resp, err := kvTxn(ctx, c, ops)
+		return answer{ok, resp}, err
+	}, func(a answer) {
+		if a.ok && abandoned != nil {
+			abandoned(a.resp.Results)
+		}
+	})
+	return a.ok, a.resp, err
+}
+
 func kvResults(r *api.TxnResponse) *api.KVTxnResponse {
 	kv := &api.KVTxnResponse{Errors: r.Errors}
 	for _, res := range r.Results {

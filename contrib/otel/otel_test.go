@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -16,6 +15,7 @@ import (
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/contrib/otel"
 	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/observertest"
 )
 
 func TestMain(m *testing.M) { consultest.Main(m) }
@@ -23,47 +23,12 @@ func TestMain(m *testing.M) { consultest.Main(m) }
 // Lock cycles, a timed-out acquire, contention and a loss on a real agent
 // show up in the metrics, labelled by key prefix.
 func TestMetricsFollowLockEvents(t *testing.T) {
-	c := consultest.Client(t)
 	reader := sdkmetric.NewManualReader()
 	o, err := otel.New(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("test"), otel.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithObserver(o), consullock.WithAcquireTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lk.Close(ctx)
-	for range 3 {
-		if err := lk.Hold(ctx, "billing/invoice-1", func(context.Context) error { return nil }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	other, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithObserver(o), consullock.WithAcquireTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
-	held, err := lk.Acquire(ctx, "billing/invoice-2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := other.Acquire(ctx, "billing/invoice-2"); !errors.Is(err, consullock.ErrNotAcquired) {
-		t.Fatalf("acquire of a held lock: %v, want ErrNotAcquired", err)
-	}
-	lost := held.Lost() // starts the watch before the loss
-	if _, err := c.Session().Destroy(held.Session(), nil); err != nil {
-		t.Fatal(err)
-	}
-	consultest.Eventually(t, 10*time.Second, "the lease is lost", func() bool {
-		select {
-		case <-lost:
-			return true
-		default:
-			return false
-		}
-	})
+	held := observertest.Traffic(t, o)
 
 	got := collect(t, reader)
 	renewals := got["consullock.renewal.errors"] // timing-dependent; counted exactly in TestOptionsAndRenewalErrors

@@ -1,7 +1,6 @@
 package prometheus_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/contrib/prometheus"
 	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/observertest"
 )
 
 func TestMain(m *testing.M) { consultest.Main(m) }
@@ -20,40 +20,12 @@ func TestMain(m *testing.M) { consultest.Main(m) }
 // Lock cycles, a timed-out acquire, contention and a loss on a real agent
 // show up in the metrics, labelled by key prefix.
 func TestMetricsFollowLockEvents(t *testing.T) {
-	c := consultest.Client(t)
 	reg := prom.NewRegistry()
 	o, err := prometheus.New(reg, prometheus.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithObserver(o), consullock.WithAcquireTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lk.Close(ctx)
-	for range 3 {
-		if err := lk.Hold(ctx, "billing/invoice-1", func(context.Context) error { return nil }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	other, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithObserver(o), consullock.WithAcquireTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
-	held, err := lk.Acquire(ctx, "billing/invoice-2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := other.Acquire(ctx, "billing/invoice-2"); err == nil {
-		t.Fatal("acquired a held lock")
-	}
-	held.Lost()
-	if _, err := c.Session().Destroy(held.Session(), nil); err != nil {
-		t.Fatal(err)
-	}
-	<-held.Lost()
+	observertest.Traffic(t, o)
 
 	const want = `
 # HELP consullock_acquires_total Acquires by result: acquired, timeout or error.

@@ -269,10 +269,7 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 	slices.Sort(handoffs)
 	res.Cycles, res.Latencies = len(latencies), latencies
 	res.PerSecond = float64(res.Cycles) / res.Seconds
-	res.P50, res.P99 = Percentile(latencies, 50), Percentile(latencies, 99)
-	if len(latencies) > 0 {
-		res.Max = latencies[len(latencies)-1]
-	}
+	res.P50, res.P99, res.Max = Percentile(latencies, 50), Percentile(latencies, 99), Percentile(latencies, 100)
 	res.HandoffP50 = Percentile(handoffs, 50)
 	if n := count.acquires.Load(); n > 0 {
 		res.AttemptsPerAcquire = float64(count.attempts.Load()) / float64(n)
