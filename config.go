@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -15,15 +16,17 @@ const (
 	MaxLockDelay   = 60 * time.Second // Consul caps a session's lock delay here
 )
 
-// Config holds the settings of a lock. A new lock starts from a copy of
-// Defaults, then applies its options; the result is validated once, when the
-// lock is built.
+// Config holds the settings every lock type shares. A new lock starts from
+// a copy of Defaults, then applies its options; the result is validated
+// once, when the lock is built.
 type Config struct {
 	// Client talks to Consul. It must be set here or with WithClient.
+	// Locks built on the same Client share its connections and watches.
 	Client *api.Client
 
 	// AcquireTimeout bounds how long Acquire waits for a lock that another
 	// holder has. Zero means a single attempt, as in python-consul-lock.
+	// An Election does not use it: Campaign waits until its context ends.
 	AcquireTimeout time.Duration
 
 	// LockTimeout is the lock's maximum lifespan. For an EphemeralLock it is
@@ -33,7 +36,8 @@ type Config struct {
 	// created or last renewed (a waiting lock renews it, so that is at most
 	// LockTimeout/2 before the acquire) until about twice that; Lost fires
 	// first. For a Locker's lease it is enforced by the Locker, from the
-	// acquire. It must lie in [MinLockTimeout, MaxLockTimeout].
+	// acquire. For an Election it is how soon a leader that died is
+	// replaced. It must lie in [MinLockTimeout, MaxLockTimeout].
 	LockTimeout time.Duration
 
 	// LockDelay is how long Consul refuses the key to everyone after the
@@ -44,155 +48,213 @@ type Config struct {
 	// It must lie in [0, MaxLockDelay].
 	LockDelay time.Duration
 
-	// Renew keeps the lock for as long as it is held: its session is renewed
-	// every LockTimeout/2, and a renewal that fails for a passing reason is
-	// retried until the local deadline (see EphemeralLock.Lost). LockTimeout
-	// then bounds only how long a holder that died or was cut off from Consul
-	// keeps the lock. Off by default: python-consul-lock's fixed maximum
-	// lifespan.
-	Renew bool
-
-	// SessionTTL is the TTL of a Locker's shared session, which the Locker
-	// renews every half of it: how soon Consul frees the locks of a process
-	// that died or was cut off. Zero means 15 s; otherwise it must lie in
-	// [MinLockTimeout, MaxLockTimeout]. EphemeralLock does not use it.
-	SessionTTL time.Duration
-
-	// Fair makes a Locker serve the waiters of every process in arrival
-	// order (see queue.go): no waiter starves, and a release wakes one
-	// waiter instead of all, for one more write per cycle. Local handoffs
-	// are off in this mode, so a busy process cannot jump the queue.
-	Fair bool
-
-	// Reentrant lets a Locker's Acquire of a name whose lease the context
-	// carries count one more hold instead of waiting (see ContextWithLease).
-	// Off by default; an EphemeralLock, being single use, ignores it.
-	Reentrant bool
-
-	// Observer, when not nil, receives the lock's events (see Observer).
-	Observer Observer
-
-	// Token is the ACL token for this lock's calls; "" uses the client's.
-	Token string
-
 	// KeyPattern turns a lock's name into its Consul key. It must contain
 	// exactly one %s, and no other verb.
 	KeyPattern string
 
 	// Value produces the value stored under the key while the lock is held.
-	// Nil stores DefaultValue.
+	// Nil stores DefaultValue. An Election stores the value given to
+	// Campaign instead.
 	Value func() []byte
+
+	// Token is the ACL token for the lock's calls; "" uses the client's.
+	Token string
+
+	// Observer, when not nil, receives the lock's events (see Observer).
+	Observer Observer
 }
 
 // Defaults is the Config every new lock starts from, like python-consul-lock's
 // defaults module. Set its fields once at start-up, before locks are built
-// concurrently; it is the only package-level mutable state.
+// concurrently; it is the only package-level setting.
 var Defaults = Config{
 	LockTimeout: 180 * time.Second,
 	KeyPattern:  "locks/ephemeral/%s",
 	Value:       DefaultValue,
 }
 
-// Option changes one setting of a lock being built.
-type Option func(*Config)
+// builder names a constructor, for the options that apply to it.
+type builder uint8
 
-// WithClient sets the Consul client that the lock uses.
-func WithClient(c *api.Client) Option { return func(cfg *Config) { cfg.Client = c } }
+const (
+	forLock     builder = 1 << iota // NewEphemeralLock
+	forLocker                       // NewLocker
+	forElection                     // NewElection
+	forAll      = forLock | forLocker | forElection
+)
 
-// WithAcquireTimeout sets how long Acquire waits for a held lock; zero means
-// one attempt.
-func WithAcquireTimeout(d time.Duration) Option {
-	return func(cfg *Config) { cfg.AcquireTimeout = d }
+func (b builder) String() string {
+	var names []string
+	for _, n := range []struct {
+		b    builder
+		name string
+	}{{forLock, "NewEphemeralLock"}, {forLocker, "NewLocker"}, {forElection, "NewElection"}} {
+		if b&n.b != 0 {
+			names = append(names, n.name)
+		}
+	}
+	return strings.Join(names, " and ")
 }
 
-// WithLockTimeout sets the lock's maximum lifespan (the session TTL).
+// Option changes one setting of a lock being built. Each option applies to
+// the constructors its documentation names; given to another, it is
+// refused with an error wrapping ErrInvalidOption, never ignored.
+type Option struct {
+	name  string
+	to    builder
+	apply func(*settings)
+}
+
+// settings is a Config with the settings that options alone set.
+type settings struct {
+	Config
+	renew      bool
+	sessionTTL time.Duration
+	fair       bool
+	reentrant  bool
+	given      map[string]bool // the options given, by name
+}
+
+// WithClient sets the Consul client. For every constructor.
+func WithClient(c *api.Client) Option {
+	return Option{"WithClient", forAll, func(s *settings) { s.Client = c }}
+}
+
+// WithAcquireTimeout sets how long Acquire waits for a held lock; zero means
+// one attempt. For NewEphemeralLock and NewLocker; Campaign waits until its
+// context ends instead.
+func WithAcquireTimeout(d time.Duration) Option {
+	return Option{"WithAcquireTimeout", forLock | forLocker, func(s *settings) { s.AcquireTimeout = d }}
+}
+
+// WithLockTimeout sets the lock's maximum lifespan (see
+// Config.LockTimeout). For every constructor; not with WithRenewal on
+// NewLocker, whose leases then have no maximum lifespan.
 func WithLockTimeout(d time.Duration) Option {
-	return func(cfg *Config) { cfg.LockTimeout = d }
+	return Option{"WithLockTimeout", forAll, func(s *settings) { s.LockTimeout = d }}
 }
 
 // WithLockDelay sets how long Consul keeps the key from everyone after the
-// holder's session was invalidated.
+// holder's session was invalidated. For every constructor.
 func WithLockDelay(d time.Duration) Option {
-	return func(cfg *Config) { cfg.LockDelay = d }
+	return Option{"WithLockDelay", forAll, func(s *settings) { s.LockDelay = d }}
 }
 
-// WithRenewal keeps the lock until Release by renewing its session; see
-// Config.Renew.
-func WithRenewal() Option { return func(cfg *Config) { cfg.Renew = true } }
+// WithRenewal keeps a lock until Release. For NewEphemeralLock, its session
+// is renewed every LockTimeout/2, and a renewal that fails for a passing
+// reason is retried until the local deadline (see EphemeralLock.Lost);
+// LockTimeout then bounds only how long a holder that died or was cut off
+// from Consul keeps the lock. For NewLocker, its leases have no maximum
+// lifespan: the Locker's session, renewed anyway, is what a dead process's
+// locks last (WithSessionTTL). NewElection always renews. Off by default:
+// python-consul-lock's fixed maximum lifespan.
+func WithRenewal() Option {
+	return Option{"WithRenewal", forAll, func(s *settings) { s.renew = true }}
+}
 
 // WithToken sets the ACL token for the lock's calls to Consul, instead of
-// the client's.
-func WithToken(token string) Option { return func(cfg *Config) { cfg.Token = token } }
+// the client's. For every constructor.
+func WithToken(token string) Option {
+	return Option{"WithToken", forAll, func(s *settings) { s.Token = token }}
+}
 
-// WithSessionTTL sets the TTL of a Locker's shared session.
-func WithSessionTTL(d time.Duration) Option { return func(cfg *Config) { cfg.SessionTTL = d } }
+// WithSessionTTL sets the TTL of a Locker's shared session, which the Locker
+// renews every half of it: how soon Consul frees the locks of a process that
+// died or was cut off. Zero means 15 s; otherwise it must lie in
+// [MinLockTimeout, MaxLockTimeout]. For NewLocker only: the session of an
+// EphemeralLock or an Election lives by LockTimeout.
+func WithSessionTTL(d time.Duration) Option {
+	return Option{"WithSessionTTL", forLocker, func(s *settings) { s.sessionTTL = d }}
+}
 
-// WithFairQueueing makes a Locker serve waiters in arrival order; see
-// Config.Fair.
-func WithFairQueueing() Option { return func(cfg *Config) { cfg.Fair = true } }
+// WithFairQueueing makes a Locker serve the Acquire of every process in
+// arrival order (see queue.go): no waiter starves, and a release wakes one
+// waiter instead of all, for one more write per cycle. Local handoffs are
+// off in this mode, so a busy process cannot jump the queue. For NewLocker
+// only; AcquireAll and Semaphore are not queued, and refuse a fair Locker.
+func WithFairQueueing() Option {
+	return Option{"WithFairQueueing", forLocker, func(s *settings) { s.fair = true }}
+}
 
-// WithReentrancy makes a Locker reentrant; see Config.Reentrant.
-func WithReentrancy() Option { return func(cfg *Config) { cfg.Reentrant = true } }
+// WithReentrancy lets a Locker's Acquire of a name whose lease the context
+// carries count one more hold instead of waiting (see ContextWithLease).
+// For NewLocker only.
+func WithReentrancy() Option {
+	return Option{"WithReentrancy", forLocker, func(s *settings) { s.reentrant = true }}
+}
 
-// WithObserver sets the Observer that receives the lock's events.
-func WithObserver(o Observer) Option { return func(cfg *Config) { cfg.Observer = o } }
+// WithObserver sets the Observer that receives the lock's events. For every
+// constructor.
+func WithObserver(o Observer) Option {
+	return Option{"WithObserver", forAll, func(s *settings) { s.Observer = o }}
+}
 
 // WithKeyPattern sets the pattern that turns the lock's name into a key.
+// For every constructor.
 func WithKeyPattern(pattern string) Option {
-	return func(cfg *Config) { cfg.KeyPattern = pattern }
+	return Option{"WithKeyPattern", forAll, func(s *settings) { s.KeyPattern = pattern }}
 }
 
 // WithValue sets the function that produces the value stored under the key.
-func WithValue(fn func() []byte) Option { return func(cfg *Config) { cfg.Value = fn } }
+// For NewEphemeralLock and NewLocker (its locks and its semaphores' slots);
+// an Election stores the value given to Campaign.
+func WithValue(fn func() []byte) Option {
+	return Option{"WithValue", forLock | forLocker, func(s *settings) { s.Value = fn }}
+}
+
+// newSettings is Defaults with opts applied for constructor b, validated.
+func newSettings(b builder, opts []Option) (settings, error) {
+	s := settings{Config: Defaults, given: map[string]bool{}}
+	for _, opt := range opts {
+		switch {
+		case opt.apply == nil:
+			return s, fmt.Errorf("%w: a zero Option: build options with the With functions", ErrInvalidOption)
+		case opt.to&b == 0:
+			return s, fmt.Errorf("%w: %s does not apply to %s (it applies to %s)", ErrInvalidOption, opt.name, b, opt.to)
+		}
+		opt.apply(&s)
+		s.given[opt.name] = true
+	}
+	if s.Value == nil {
+		s.Value = DefaultValue
+	}
+	if b == forLocker && s.renew && s.given["WithLockTimeout"] {
+		return s, fmt.Errorf("%w: WithLockTimeout with WithRenewal on NewLocker: renewed leases have no maximum lifespan; WithSessionTTL bounds how long a dead process keeps them", ErrInvalidOption)
+	}
+	return s, s.validate()
+}
 
 // validate names the first setting that is out of range.
-func (c *Config) validate() error {
+func (s *settings) validate() error {
 	switch {
-	case c.Client == nil:
+	case s.Client == nil:
 		return fmt.Errorf("%w: no Consul client: pass WithClient or set Defaults.Client", ErrInvalidOption)
-	case c.AcquireTimeout < 0:
-		return fmt.Errorf("%w: AcquireTimeout %v is negative", ErrInvalidOption, c.AcquireTimeout)
-	case c.LockTimeout < MinLockTimeout || c.LockTimeout > MaxLockTimeout:
+	case s.AcquireTimeout < 0:
+		return fmt.Errorf("%w: AcquireTimeout %v is negative", ErrInvalidOption, s.AcquireTimeout)
+	case s.LockTimeout < MinLockTimeout || s.LockTimeout > MaxLockTimeout:
 		return fmt.Errorf("%w: LockTimeout %v outside [%v, %v], the session TTLs Consul accepts",
-			ErrInvalidOption, c.LockTimeout, MinLockTimeout, MaxLockTimeout)
-	case c.LockDelay < 0 || c.LockDelay > MaxLockDelay:
-		return fmt.Errorf("%w: LockDelay %v outside [0s, %v]", ErrInvalidOption, c.LockDelay, MaxLockDelay)
-	}
-	if c.SessionTTL != 0 && (c.SessionTTL < MinLockTimeout || c.SessionTTL > MaxLockTimeout) {
+			ErrInvalidOption, s.LockTimeout, MinLockTimeout, MaxLockTimeout)
+	case s.LockDelay < 0 || s.LockDelay > MaxLockDelay:
+		return fmt.Errorf("%w: LockDelay %v outside [0s, %v]", ErrInvalidOption, s.LockDelay, MaxLockDelay)
+	case s.sessionTTL != 0 && (s.sessionTTL < MinLockTimeout || s.sessionTTL > MaxLockTimeout):
 		return fmt.Errorf("%w: SessionTTL %v outside [%v, %v], the session TTLs Consul accepts",
-			ErrInvalidOption, c.SessionTTL, MinLockTimeout, MaxLockTimeout)
+			ErrInvalidOption, s.sessionTTL, MinLockTimeout, MaxLockTimeout)
 	}
-	return validatePattern(c.KeyPattern)
+	return validatePattern(s.KeyPattern)
 }
 
-// defaultSessionTTL is a Locker's session TTL when Config.SessionTTL is 0.
+// defaultSessionTTL is a Locker's session TTL when WithSessionTTL is not given.
 const defaultSessionTTL = 15 * time.Second
 
-func (c *Config) sessionTTL() time.Duration {
-	if c.SessionTTL == 0 {
+func (s *settings) lockerTTL() time.Duration {
+	if s.sessionTTL == 0 {
 		return defaultSessionTTL
 	}
-	return c.SessionTTL
+	return s.sessionTTL
 }
 
-// newConfig is Defaults with opts applied and validated, Value defaulted.
-func newConfig(opts []Option) (Config, error) {
-	cfg := Defaults
-	for _, opt := range opts {
-		opt(&cfg)
-	}
-	if cfg.Value == nil {
-		cfg.Value = DefaultValue
-	}
-	return cfg, cfg.validate()
-}
+// conn is the client and token of the settings.
+func (s *settings) conn() conn { return conn{s.Client, s.Token} }
 
-// newKeyConfig is newConfig for a lock on name, with its key.
-func newKeyConfig(name string, opts []Option) (Config, string, error) {
-	cfg, err := newConfig(opts)
-	if err != nil {
-		return cfg, "", err
-	}
-	key, err := lockKey(cfg.KeyPattern, name)
-	return cfg, key, err
-}
+// keyOf is the key of a lock's name, or an error wrapping ErrInvalidKey.
+func (s *settings) keyOf(name string) (string, error) { return lockKey(s.KeyPattern, name) }

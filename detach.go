@@ -53,3 +53,9 @@ func writeDetached[T any](ctx context.Context, write func(context.Context) (T, e
 		return zero, context.Cause(ctx)
 	}
 }
+
+// detached returns a context that outlives ctx's cancellation by at most
+// cleanupTimeout, for giving back what a cancelled call had taken.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}

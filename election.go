@@ -1,10 +1,10 @@
 package consullock
 
 import (
+	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"time"
+	"iter"
+	"math"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -13,8 +13,7 @@ import (
 // name: the leader is the holder of a renewed lock, which it keeps until it
 // resigns, dies or loses it. Anyone can observe who leads.
 type Election struct {
-	cfg  Config
-	name string
+	s    settings
 	key  string
 	conn conn
 }
@@ -28,19 +27,24 @@ type Leader struct {
 }
 
 // NewElection builds an election on the key that the KeyPattern makes of
-// name. The options are those of NewEphemeralLock; LockTimeout is how soon a
-// leader that died is replaced (its session's TTL, renewed while it leads).
-// It validates everything and talks to no one.
+// name. LockTimeout is how soon a leader that died is replaced (the TTL of
+// its session, renewed while it leads). WithAcquireTimeout and WithValue do
+// not apply: Campaign waits until its context ends, and stores the value it
+// is given. It validates everything and talks to no one.
 func NewElection(name string, opts ...Option) (*Election, error) {
-	cfg, key, err := newKeyConfig(name, opts)
+	s, err := newSettings(forElection, opts)
 	if err != nil {
-		return nil, err
+		return nil, wrapOp("NewElection", name, err)
 	}
-	return &Election{cfg: cfg, name: name, key: key, conn: conn{cfg.Client, cfg.Token}}, nil
+	key, err := s.keyOf(name)
+	if err != nil {
+		return nil, wrapOp("NewElection", name, err)
+	}
+	return &Election{s: s, key: key, conn: s.conn()}, nil
 }
 
 // Term is one candidate's leadership, from Campaign's return until Resign
-// or a loss.
+// or a loss. It is an EphemeralLock's hold, renewed until Resign.
 type Term struct{ lock *EphemeralLock }
 
 // Campaign waits until this candidate leads, or ctx ends, and returns its
@@ -48,18 +52,14 @@ type Term struct{ lock *EphemeralLock }
 // tells its leader that it no longer leads: it must stop acting as leader
 // then.
 func (e *Election) Campaign(ctx context.Context, value []byte) (*Term, error) {
-	opts := []Option{
-		func(c *Config) { *c = e.cfg },
-		WithRenewal(),
-		WithAcquireTimeout(time.Duration(1<<63 - 1)), // until ctx ends
-		WithValue(func() []byte { return value }),
-	}
-	lock, err := NewEphemeralLock(e.name, opts...)
-	if err != nil {
-		return nil, err
-	}
+	s := e.s
+	s.renew = true
+	s.AcquireTimeout = math.MaxInt64 // until ctx ends
+	v := bytes.Clone(value)
+	s.Value = func() []byte { return v }
+	lock := &EphemeralLock{s: s, key: e.key, conn: e.conn, lost: make(chan struct{})}
 	if err := lock.Acquire(ctx); err != nil {
-		return nil, fmt.Errorf("consullock: campaign for %q: %w", e.key, err)
+		return nil, wrapOp("campaign", e.key, err)
 	}
 	return &Term{lock}, nil
 }
@@ -79,62 +79,60 @@ func (t *Term) Token() uint64 { return t.lock.Token() }
 // Resign ends the term at once, so another candidate can lead.
 func (t *Term) Resign(ctx context.Context) error { return t.lock.Release(ctx) }
 
-// ErrNoLeader reports an election that has no leader now.
-var ErrNoLeader = errors.New("consullock: no leader")
-
 // Leader returns the current leader, or an error wrapping ErrNoLeader.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	pair, _, err := e.conn.c.KV().Get(e.key, e.conn.query(ctx, api.QueryOptions{RequireConsistent: true}))
 	if err != nil {
-		return Leader{}, fmt.Errorf("consullock: leader of %q: %w", e.key, explain(err))
+		return Leader{}, wrapOp("leader", e.key, consulError(err))
 	}
 	if pair == nil || pair.Session == "" {
-		return Leader{}, fmt.Errorf("%w: %q", ErrNoLeader, e.key)
+		return Leader{}, wrapOp("leader", e.key, ErrNoLeader)
 	}
-	return Leader{Value: pair.Value, Session: pair.Session, Token: pair.ModifyIndex}, nil
+	return leaderOf(pair), nil
 }
 
-// Observe sends the leader each time it changes, and the zero Leader while
-// there is none, on blocking queries, until ctx ends; then it closes the
-// channel. The first value is the leader at the time of the call. Passing
-// failures are retried; an observer that falls behind sees the latest leader.
-func (e *Election) Observe(ctx context.Context) <-chan Leader {
-	ch := make(chan Leader, 1)
-	go func() {
-		defer close(ch)
+func leaderOf(pair *api.KVPair) Leader {
+	if pair == nil || pair.Session == "" {
+		return Leader{}
+	}
+	return Leader{Value: pair.Value, Session: pair.Session, Token: pair.ModifyIndex}
+}
+
+// Observe yields the leader each time it changes, and the zero Leader while
+// there is none, on blocking queries, until ctx ends or the loop stops. The
+// first is the leader at the time of the call. Passing failures are retried;
+// a failure that does not pass (a token that may not read the key) is
+// yielded with the zero Leader, and ends it. A loop body that is slow sees
+// the latest leader next, not every one in between.
+func (e *Election) Observe(ctx context.Context) iter.Seq2[Leader, error] {
+	return func(yield func(Leader, error) bool) {
 		var index uint64
 		var last *Leader
 		var b backoff
 		for {
-			pair, meta, err := e.conn.c.KV().Get(e.key, e.conn.query(ctx, api.QueryOptions{WaitIndex: index}))
-			if ctx.Err() != nil {
+			pair, meta, err := e.conn.c.KV().Get(e.key, e.conn.query(ctx, api.QueryOptions{WaitIndex: index, WaitTime: maxBlockingWait}))
+			switch {
+			case ctx.Err() != nil:
 				return
-			}
-			if err != nil {
+			case transient(err):
 				if sleep(ctx, b.step()) != nil {
 					return
 				}
 				continue
+			case err != nil:
+				yield(Leader{}, wrapOp("observe", e.key, consulError(err)))
+				return
 			}
 			b, index = backoff{}, nextIndex(index, meta.LastIndex)
-			cur := Leader{}
-			if pair != nil && pair.Session != "" {
-				cur = Leader{Value: pair.Value, Session: pair.Session, Token: pair.ModifyIndex}
-			}
+			cur := leaderOf(pair)
 			if last != nil && last.Session == cur.Session && last.Token == cur.Token {
 				continue
 			}
 			last = &cur
-			select { // keep only the latest for a slow observer
-			case <-ch:
-			default:
-			}
-			select {
-			case ch <- cur:
-			case <-ctx.Done():
+			if !yield(cur, nil) {
 				return
 			}
 		}
-	}()
-	return ch
+	}
 }
+

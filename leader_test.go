@@ -32,7 +32,7 @@ func TestElection(t *testing.T) {
 	if _, err := observer.Leader(ctx); !errors.Is(err, consullock.ErrNoLeader) {
 		t.Fatalf("Leader before any campaign: %v, want ErrNoLeader", err)
 	}
-	seen := observer.Observe(ctx)
+	seen := observe(ctx, t, observer)
 	if first := <-seen; first.Session != "" {
 		t.Fatalf("first observation %+v, want no leader", first)
 	}
@@ -91,6 +91,28 @@ func TestElection(t *testing.T) {
 	second.Resign(ctx)
 	cancel()
 	wg.Wait()
+}
+
+// observe runs observer.Observe until ctx ends, and sends what it yields.
+func observe(ctx context.Context, t *testing.T, observer *consullock.Election) <-chan consullock.Leader {
+	seen := make(chan consullock.Leader, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for l, err := range observer.Observe(ctx) {
+			if err != nil {
+				t.Errorf("Observe: %v", err)
+				return
+			}
+			select {
+			case <-seen: // keep the latest only
+			default:
+			}
+			seen <- l
+		}
+	}()
+	t.Cleanup(func() { <-done })
+	return seen
 }
 
 // nextLeader returns the next leader the observer sees, skipping the

@@ -21,29 +21,23 @@ import (
 // guarantee lasts until Release, or until Consul invalidates the session once
 // LockTimeout has passed since it was created or last renewed (at any time
 // up to about twice that), whichever comes first, and Lost tells the holder
-// before Consul could give the key to anyone else. With Config.Renew the session is renewed while the lock is
-// held, and LockTimeout only bounds how long a holder that died keeps it.
+// before Consul could give the key to anyone else. With WithRenewal the
+// session is renewed while the lock is held, and LockTimeout only bounds how
+// long a holder that died keeps it.
 //
 // The methods are safe for concurrent use. Release from another goroutine
 // cancels an Acquire in progress.
 type EphemeralLock struct {
-	cfg  Config
+	s    settings
 	key  string
 	conn conn
-	lost chan struct{} // closed when the hold ends; see Lost
+	lost chan struct{} // closed when the lock is no longer held; see Lost
 
-	mu        sync.Mutex
-	state     lockState
-	cancel    context.CancelFunc // cancels an Acquire in progress
-	acquired  chan struct{}      // closed when an Acquire in progress returns
-	holder    *api.KVPair        // who kept the key through a failed acquire
-	hold      hold               // the current hold, while held
-	lostErr   error              // why the hold was lost, if it was
-	stopWatch context.CancelFunc // ends the goroutine that watches the hold
-	stopRenew context.CancelFunc // ends the goroutine that renews the hold
-	expiry    *time.Timer        // fires at the hold's local deadline
-	onLost    context.CancelCauseFunc
-	releasing chan struct{} // while a Release gives the key back; closed when it is done
+	mu       sync.Mutex
+	state    lockState
+	cancel   context.CancelFunc // cancels an Acquire in progress
+	acquired chan struct{}      // closed when an Acquire in progress returns
+	h        *held              // the hold, once acquired
 }
 
 type lockState int
@@ -51,39 +45,45 @@ type lockState int
 const (
 	stateNew lockState = iota
 	stateAcquiring
-	stateHeld
+	stateHeld // acquired: the hold says whether it is still held
 	stateDone // released, or an acquire that failed: single use either way
 )
-
-// hold is one acquisition of a lock.
-type hold struct {
-	session  string
-	token    uint64
-	expires  time.Time // the local deadline: Consul may free the key from then on
-	acquired time.Time // when the acquire returned
-	attempts int       // writes that tried to take the key
-}
 
 // NewEphemeralLock builds a lock on the key that Defaults.KeyPattern (or
 // WithKeyPattern) makes of name. It validates every setting and talks to no
 // one: a bad name or option is reported here, with nothing written to Consul.
 func NewEphemeralLock(name string, opts ...Option) (*EphemeralLock, error) {
-	cfg, key, err := newKeyConfig(name, opts)
+	s, err := newSettings(forLock, opts)
 	if err != nil {
-		return nil, err
+		return nil, wrapOp("NewEphemeralLock", name, err)
 	}
-	return &EphemeralLock{cfg: cfg, key: key, conn: conn{cfg.Client, cfg.Token}, lost: make(chan struct{})}, nil
+	key, err := s.keyOf(name)
+	if err != nil {
+		return nil, wrapOp("NewEphemeralLock", name, err)
+	}
+	return &EphemeralLock{s: s, key: key, conn: s.conn(), lost: make(chan struct{})}, nil
 }
 
 // Key returns the Consul key of the lock.
 func (l *EphemeralLock) Key() string { return l.key }
 
+// hold returns the hold from Acquire until Release, and nil otherwise.
+func (l *EphemeralLock) hold() *held {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state != stateHeld {
+		return nil
+	}
+	return l.h
+}
+
 // Session returns the ID of the Consul session of the hold, from Acquire
 // until Release, and "" otherwise.
 func (l *EphemeralLock) Session() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.hold.session
+	if h := l.hold(); h != nil {
+		return h.sess.id
+	}
+	return ""
 }
 
 // Token returns the fencing token of the hold, from Acquire until Release
@@ -93,9 +93,63 @@ func (l *EphemeralLock) Session() string {
 // resource that remembers the highest token it has seen and refuses smaller
 // ones is safe from a holder that lost the lock without noticing.
 func (l *EphemeralLock) Token() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.hold.token
+	if h := l.hold(); h != nil {
+		return h.token
+	}
+	return 0
+}
+
+// Lost returns a channel that is closed when the lock is no longer held:
+// lost, released, or not acquired. A loss is noticed within about a round
+// trip of Consul deleting the key, giving it to another session or writing
+// to it, and at the latest at the local deadline: LockTimeout (less up to a
+// second for clock rates) after the session was created or last renewed,
+// before Consul could give the key to anyone else. Err tells a loss from a
+// release. After a loss nothing renews the session any more, and it is
+// destroyed.
+func (l *EphemeralLock) Lost() <-chan struct{} { return l.lost }
+
+// Err returns why the lock was lost, an error wrapping ErrLockLost, or nil
+// when it was not lost (held, released, or never acquired). It checks the
+// local deadline itself rather than trusting a timer: a holder that calls Err
+// before each step of its work never takes a step after the deadline, even
+// when a pause (a long GC, SIGSTOP, a frozen VM) delayed every goroutine.
+func (l *EphemeralLock) Err() error {
+	if h := l.hold(); h != nil {
+		return h.Err()
+	}
+	return nil
+}
+
+// CheckOp returns a transaction operation that fails unless the lock still
+// holds its key as it took it (the key's index is the lock's token): put it
+// first in a Consul transaction (api.KV.Txn or api.Txn.Txn) and the rest of
+// the transaction applies only while the lock is held, like etcd's
+// Mutex.IsOwner. On a lock not held, the operation always fails.
+func (l *EphemeralLock) CheckOp() *api.KVTxnOp {
+	if h := l.hold(); h != nil {
+		return h.CheckOp()
+	}
+	return &api.KVTxnOp{Verb: api.KVCheckIndex, Key: l.key, Index: 0} // no key has index 0
+}
+
+// PutFenced writes value under key in one consensus write that applies only
+// if this lock still holds its key at that moment, so a holder that lost the
+// lock without noticing cannot overwrite what its successor wrote. When the
+// lock is not held, nothing is written and the error wraps ErrLockLost; when
+// it was Consul that refused, the lock is lost from then on (Lost and Err
+// say so), as the watch would have found a moment later.
+//
+// A resource outside Consul gets the same protection from Token: store the
+// highest token seen with the data and refuse writes that carry a lower one.
+func (l *EphemeralLock) PutFenced(ctx context.Context, key string, value []byte) error {
+	if h := l.hold(); h != nil {
+		return h.PutFenced(ctx, key, value)
+	}
+	if err := validateKey(key); err != nil {
+		return wrapOp("fenced put", key, fmt.Errorf("%w: %s", ErrInvalidKey, err))
+	}
+	return wrapOp("fenced put", key, fmt.Errorf("%w: %q is not held", ErrLockLost, l.key))
 }
 
 // Acquire takes the lock, waiting up to the acquire timeout for another
@@ -103,135 +157,198 @@ func (l *EphemeralLock) Token() uint64 {
 // timeout the error wraps ErrNotAcquired. Failures that pass (a Consul leader
 // election, a dropped connection, an overloaded server) are retried with
 // jittered backoff within the acquire timeout; if Consul still fails at the
-// deadline, that failure is the error. A lock is single use: any call after
+// deadline, the error wraps ErrConsul. A lock is single use: any call after
 // the first returns ErrAlreadyUsed. When ctx ends first, Acquire returns
-// promptly with ctx's error. Whenever it returns an error it has destroyed
-// its session, retrying for up to 10 s; a session Consul cannot be told about
-// then expires with its TTL.
-func (l *EphemeralLock) Acquire(ctx context.Context) error {
-	return l.acquire(ctx, nil)
-}
+// promptly with ctx's error. It returns within the acquire timeout plus about
+// a round trip. Whenever it returns an error it holds nothing: its session
+// is destroyed (in the background if Consul is slow to answer; a session
+// Consul cannot be told about expires with its TTL).
+func (l *EphemeralLock) Acquire(ctx context.Context) error { return l.acquire(ctx) }
 
 // TryAcquire is Acquire without failing hard, python-consul-lock's
 // fail_hard=False: it returns (false, nil) when another holder kept the lock
 // for the whole acquire timeout, and an error only for a real failure.
 func (l *EphemeralLock) TryAcquire(ctx context.Context) (bool, error) {
-	return l.tryAcquire(ctx, nil)
+	err := l.acquire(ctx)
+	if errors.Is(err, ErrNotAcquired) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
-func (l *EphemeralLock) acquire(ctx context.Context, onLost context.CancelCauseFunc) error {
-	acquired, err := l.tryAcquire(ctx, onLost)
-	if err == nil && !acquired {
-		err = l.notAcquired()
+func (l *EphemeralLock) acquire(ctx context.Context) error {
+	start := time.Now()
+	ctx, err := l.begin(ctx)
+	if err != nil {
+		return wrapOp("acquire", l.key, err)
+	}
+	a := l.attempt()
+	h, err := l.contend(ctx, a)
+	l.end(h)
+	err = wrapOp("acquire", l.key, err)
+	if o := l.s.Observer; o != nil {
+		e := AcquireEvent{Key: l.key, Wait: time.Since(start), Attempts: a.attempts, Err: err}
+		if h != nil {
+			e.Token = h.token
+		}
+		o.Acquired(e)
 	}
 	return err
 }
 
-// tryAcquire acquires, and makes the end of the hold call onLost, if set.
-func (l *EphemeralLock) tryAcquire(ctx context.Context, onLost context.CancelCauseFunc) (bool, error) {
-	start := time.Now()
-	ctx, err := l.begin(ctx, onLost)
-	if err != nil {
-		return false, err
+// begin moves a new lock to acquiring and returns the context that Release
+// cancels.
+func (l *EphemeralLock) begin(ctx context.Context) (context.Context, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state != stateNew {
+		return nil, ErrAlreadyUsed
 	}
-	h, err := l.contend(ctx)
-	h.acquired = time.Now()
-	if h.token != 0 && ctx.Err() != nil {
-		// Cancelled, by the caller or by Release, just as the key was won:
-		// give it back rather than report a lock Release took for not held.
-		rctx, cancel := detached(ctx)
-		l.giveBack(rctx, h.session, h.token)
-		cancel()
-		h.token, err = 0, context.Cause(ctx)
+	ctx, l.cancel = context.WithCancel(ctx)
+	l.state, l.acquired = stateAcquiring, make(chan struct{})
+	return ctx, nil
+}
+
+// end records the outcome of an acquire: the hold, or nil.
+func (l *EphemeralLock) end(h *held) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cancel()
+	close(l.acquired)
+	if h == nil {
+		l.state = stateDone
+		close(l.lost)
+		return
 	}
-	l.end(ctx, h)
-	if err != nil {
-		err = fmt.Errorf("consullock: acquire %q: %w", l.key, err)
-	}
-	if o := l.cfg.Observer; o != nil {
-		e := AcquireEvent{Key: l.key, Token: h.token, Wait: time.Since(start), Attempts: h.attempts, Err: err}
-		if err == nil && h.token == 0 {
-			e.Err = l.notAcquired()
+	l.state, l.h = stateHeld, h
+}
+
+// attempt is the lock's acquire: its own session, made on first use and
+// renewed while it waits, so that the lock, once taken, has at least half
+// its LockTimeout ahead; and made anew if Consul forgets it.
+func (l *EphemeralLock) attempt() *attempt {
+	deadline := deadlineAfter(l.s.AcquireTimeout)
+	a := &attempt{conn: l.conn, keys: []string{l.key}, value: l.s.Value, deadline: deadline,
+		timeout: l.s.AcquireTimeout, obs: l.s.Observer}
+	var sess *session
+	a.session = func(ctx context.Context) (*session, error) {
+		if sess != nil && sess.Err() == nil {
+			return sess, nil
 		}
-		o.Acquired(e)
+		s, err := startSession(ctx, l.conn, sessionSpec{name: l.key, ttl: l.s.LockTimeout, lockDelay: l.s.LockDelay, obs: l.s.Observer}, deadline)
+		if err == nil {
+			sess = s
+		}
+		return s, err
 	}
-	return h.token != 0, err
+	// Destroying the session deletes whatever a take got with it.
+	a.undo = func(s *session, _ []string) { s.abandon(errAbandoned) }
+	return a
+}
+
+// errAbandoned ends the session of an acquire that failed.
+var errAbandoned = fmt.Errorf("%w: the acquire failed", ErrLockLost)
+
+// contend takes the key with the lock's session, and returns its hold. A
+// session that fails the acquire is destroyed: within the acquire's bounds
+// when Consul answers in time, else in the background.
+func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) {
+	for {
+		s, tokens, err := a.contend(ctx)
+		if err == nil && ctx.Err() != nil {
+			// Cancelled, by the caller or by Release, just as the key was
+			// won: give it back rather than report a lock not held.
+			err = context.Cause(ctx)
+		}
+		if err != nil {
+			if s := a.last; s != nil {
+				a.undo(s, nil)
+				// Usually a round trip: worth waiting for, even after
+				// ctx ended, so that a failed Acquire leaves nothing.
+				waitBounded(context.WithoutCancel(ctx), s.gone, time.Now().Add(time.Second))
+			}
+			return nil, err
+		}
+		if !l.s.renew {
+			s.stopRenewing()
+		}
+		h := newHeld(l.conn, l.key, tokens[0], s, l, l.s.Observer, l.s.LockTimeout, time.Time{}, l.lost)
+		if s.register(h) {
+			h.start()
+			return h, nil
+		}
+		// The session reached its local deadline as the key was taken:
+		// destroying it gives the key back; take it with a new one.
+		a.undo(s, nil)
+	}
+}
+
+// release gives the key back for Release: one write that destroys the
+// session, which deletes the key with it. With a lock delay the key is
+// deleted first, because destroying a session that holds a key imposes the
+// lock delay on the next holder.
+func (l *EphemeralLock) release(ctx context.Context, h *held) error {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	if l.s.LockDelay > 0 {
+		if err := giveBackKey(ctx, l.conn, h.key, h.sess.id, h.token); err != nil {
+			return err
+		}
+	}
+	if err := destroySession(ctx, l.conn, h.sess.id); err != nil {
+		return err
+	}
+	h.sess.invalidate(ErrReleased)
+	return nil
+}
+
+// finish destroys the session of a hold that ended, if it lives on.
+func (l *EphemeralLock) finish(h *held, _ bool) {
+	// A session that reached its local deadline is left to Consul: the
+	// holder was promised the key until then. Any other is destroyed.
+	if h.sess.end(errAbandoned) {
+		h.sess.abandon(errAbandoned)
+	}
 }
 
 // Release gives the lock back: it stops renewing the session, deletes the
-// key only if this lock's session still holds it, and destroys the session.
-// It completes even when ctx is already cancelled, trying for up to 10 s, so
-// that a deferred Release with a request's context still gives the lock back.
-// It is idempotent, and does nothing on a lock never acquired; on a lock
-// being acquired, it cancels the Acquire and waits for it (or for ctx). A
-// failed Release may be retried; if it is not, Consul frees the key when the
-// session's TTL runs out.
+// key only if this lock still holds it, and destroys the session. It
+// completes even when ctx is already cancelled, trying for up to 10 s, so
+// that a deferred Release with a request's context still gives the lock
+// back. It is idempotent, and does nothing on a lock never acquired or lost
+// (a lost lock's session is destroyed in the background); on a lock being
+// acquired, it cancels the Acquire and waits for it. A second Release while
+// one is in flight returns the first one's outcome. A failed Release may be
+// retried; if it is not, Consul frees the key when the session's TTL runs
+// out.
 func (l *EphemeralLock) Release(ctx context.Context) error {
-	var released *ReleaseEvent // told to the Observer once l.mu is unlocked
-	defer func() {
-		if released != nil {
-			l.cfg.Observer.Released(*released)
-		}
-	}()
 	l.mu.Lock()
 	if l.state == stateAcquiring {
 		l.cancel()
 		done := l.acquired
 		l.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return fmt.Errorf("consullock: release %q during its acquire: %w", l.key, context.Cause(ctx))
-		}
+		<-done // an Acquire returns promptly once cancelled
 		l.mu.Lock()
 	}
-	for l.releasing != nil { // another Release is giving the key back: its outcome is ours
-		done := l.releasing
-		l.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return fmt.Errorf("consullock: release %q: %w", l.key, context.Cause(ctx))
-		}
-		l.mu.Lock()
-	}
-	defer l.mu.Unlock()
-	if l.state != stateHeld {
+	h := l.h
+	if l.state == stateNew {
 		l.state = stateDone
-		l.endHold(true)
+		close(l.lost)
+	}
+	l.mu.Unlock()
+	if h == nil {
 		return nil
 	}
-	l.stopRenew()
-	h := l.hold
-	err := l.giveBackUnlocked(ctx, h)
-	if l.cfg.Observer != nil {
-		released = &ReleaseEvent{Key: l.key, Token: h.token, Held: time.Since(h.acquired), Err: err}
+	if err := h.Release(ctx); err != nil {
+		return err
 	}
-	if err != nil {
-		l.endHold(true)
-		return fmt.Errorf("consullock: release %q: %w", l.key, err)
+	if h.Err() != nil { // lost: its session, if Consul still has it, goes now
+		h.sess.abandon(errAbandoned)
 	}
-	// The watch sees the key deleted and ends by itself: cancelling its
-	// blocking query would cost its connection.
-	l.endHold(false)
-	l.state, l.hold = stateDone, hold{}
-	return nil
-}
-
-// giveBackUnlocked gives h back with l.mu unlocked, so that Err, Token and
-// the watches are not held up for as long as Consul takes to answer; a
-// loss found meanwhile is not reported (see loseLocked): the lock is being
-// given up. l.mu is held on entry and on return.
-func (l *EphemeralLock) giveBackUnlocked(ctx context.Context, h hold) error {
-	l.releasing = make(chan struct{})
-	l.mu.Unlock()
-	rctx, cancel := detached(ctx)
-	err := l.giveBack(rctx, h.session, h.token)
-	cancel()
 	l.mu.Lock()
-	close(l.releasing)
-	l.releasing = nil
-	return err
+	l.state = stateDone
+	l.mu.Unlock()
+	return nil
 }
 
 // Hold acquires the lock, runs fn, and releases the lock however fn ends,
@@ -241,165 +358,14 @@ func (l *EphemeralLock) giveBackUnlocked(ctx context.Context, h hold) error {
 //
 // fn's context is cancelled when the lock is lost (see Lost), with a cause
 // that wraps ErrLockLost: fn must stop touching what the lock protects then.
-// It is also cancelled when another goroutine calls Release.
-func (l *EphemeralLock) Hold(ctx context.Context, fn func(ctx context.Context) error) (err error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	if err := l.acquire(ctx, cancel); err != nil {
+// It is also cancelled, with cause ErrReleased, when another goroutine calls
+// Release.
+func (l *EphemeralLock) Hold(ctx context.Context, fn func(ctx context.Context) error) error {
+	if err := l.Acquire(ctx); err != nil {
 		return err
 	}
-	defer func() {
-		if rerr := l.Release(ctx); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	}()
-	return fn(ctx)
-}
-
-// begin moves a new lock to acquiring and returns the context that Release
-// cancels.
-func (l *EphemeralLock) begin(ctx context.Context, onLost context.CancelCauseFunc) (context.Context, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.state != stateNew {
-		return nil, fmt.Errorf("%w: %q", ErrAlreadyUsed, l.key)
-	}
-	ctx, l.cancel = context.WithCancel(ctx)
-	l.state, l.acquired, l.onLost = stateAcquiring, make(chan struct{}), onLost
-	return ctx, nil
-}
-
-// end records the outcome of an acquire and starts watching a hold.
-func (l *EphemeralLock) end(ctx context.Context, h hold) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.cancel()
-	close(l.acquired)
-	if h.token == 0 {
-		l.state = stateDone
-		l.endHold(true)
-		return
-	}
-	l.state, l.hold = stateHeld, h
-	l.startWatch(ctx, h)
-}
-
-// contend creates the lock's session and takes the key with it, waiting on
-// blocking queries while another session holds it, and renewing the session
-// while it waits so that the lock, once taken, has at least half its
-// LockTimeout ahead. It returns the hold, whose token is 0 when the lock was
-// not acquired; then it has destroyed the session again.
-func (l *EphemeralLock) contend(ctx context.Context) (h hold, err error) {
-	deadline := deadlineAfter(l.cfg.AcquireTimeout)
-	if err := l.newSession(ctx, &h, deadline); err != nil {
-		return hold{}, err
-	}
-	defer func() {
-		if h.token == 0 {
-			cctx, cancel := detached(ctx)
-			defer cancel()
-			err = errors.Join(err, destroySession(cctx, l.conn, h.session))
-		}
-	}()
-	w := &keyWatch{conn: l.conn, key: l.key, deadline: deadline, maxWait: l.cfg.LockTimeout / 2,
-		beforeQuery: func(ctx context.Context) error { return l.freshen(ctx, &h, deadline) },
-		onHolder:    contended(l.cfg.Observer, l.key)}
-	for {
-		h.attempts++
-		// A take that may have applied although it failed needs no care
-		// here, nor one abandoned when ctx ended: destroying the session
-		// deletes the key, and a take applied after that fails.
-		if h.token, _, err = takeKey(ctx, l.conn, l.key, l.cfg.Value(), h.session, deadline, nil); h.token != 0 || err != nil {
-			return h, err
-		}
-		switch err = w.untilFree(ctx); {
-		case errors.Is(err, errDeadline):
-			l.recordHolder(w.holder)
-			return h, nil
-		case err != nil:
-			return h, err
-		}
-	}
-}
-
-func (l *EphemeralLock) newSession(ctx context.Context, h *hold, deadline time.Time) error {
-	id, sent, err := createSession(ctx, l.conn, sessionSpec{l.key, l.cfg.LockTimeout, l.cfg.LockDelay}, deadline)
-	if err != nil {
-		return err
-	}
-	h.session, h.expires = id, holdExpiry(sent, l.cfg.LockTimeout)
-	return nil
-}
-
-// freshen renews a waiting lock's session once half its TTL has passed, and
-// replaces it if Consul no longer knows it.
-func (l *EphemeralLock) freshen(ctx context.Context, h *hold, deadline time.Time) error {
-	ttl := l.cfg.LockTimeout
-	if time.Until(h.expires) > ttl/2 {
-		return nil
-	}
-	sent := time.Now()
-	switch err := renewSession(ctx, l.conn, h.session, deadline, l.cfg.Observer); {
-	case err == errSessionGone:
-		return l.newSession(ctx, h, deadline)
-	case err != nil:
-		return err
-	}
-	h.expires = holdExpiry(sent, ttl)
-	return nil
-}
-
-// giveBack releases the key and destroys the session. With a lock delay, the
-// key is deleted first, conditional on this session holding it, because
-// destroying a session that still holds a key imposes the lock delay on the
-// next holder. Without one, destroying the session deletes the key in the same
-// consensus write.
-func (l *EphemeralLock) giveBack(ctx context.Context, session string, token uint64) error {
-	if l.cfg.LockDelay > 0 {
-		if err := releaseKey(ctx, l.conn, l.key, session, token); err != nil {
-			return err
-		}
-	}
-	return destroySession(ctx, l.conn, session)
-}
-
-// recordHolder notes who kept the key, for ErrNotAcquired's message.
-func (l *EphemeralLock) recordHolder(pair *api.KVPair) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.holder = pair
-}
-
-func (l *EphemeralLock) notAcquired() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return notAcquiredError(l.key, l.holder, l.cfg.AcquireTimeout)
-}
-
-// notAcquiredError says who kept key, when it is known.
-func notAcquiredError(key string, holder *api.KVPair, timeout time.Duration) error {
-	if holder == nil {
-		return fmt.Errorf("%w: %q held by another session", ErrNotAcquired, key)
-	}
-	who := "session " + holder.Session
-	// Name the holder from a value in the default format only: a value of
-	// another shape may hold anything, and errors end up in logs.
-	if h, err := ParseHolder(holder.Value); err == nil && (h.Host != "" || h.PID != 0) {
-		who += fmt.Sprintf(" (host %.100q, pid %d, since %.40q)", h.Host, h.PID, h.LockedAt)
-	}
-	return fmt.Errorf("%w: %q held by %s for the whole acquire timeout (%v)", ErrNotAcquired, key, who, timeout)
-}
-
-// contended returns the keyWatch hook that tells o of a holder, or nil.
-func contended(o Observer, key string) func(string) {
-	if o == nil {
-		return nil
-	}
-	return func(holder string) { o.Contended(ContendEvent{Key: key, Holder: holder}) }
-}
-
-// deadlineAfter is time.Now().Add(d) without overflow for huge timeouts.
-func deadlineAfter(d time.Duration) time.Time {
-	const century = 100 * 365 * 24 * time.Hour
-	return time.Now().Add(min(d, century))
+	h := l.h
+	l.mu.Unlock()
+	return hold(ctx, h, l.Release, nil, fn)
 }

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 )
 
 // Locker takes locks for one process through a single Consul session that
@@ -24,221 +21,266 @@ import (
 // given back in Consul, so that other processes get their turn.
 //
 // Each lock's maximum lifespan (Config.LockTimeout) is enforced by the
-// Locker, which gives the key back when it passes; the session's TTL
-// (Config.SessionTTL) is the backstop that frees every key of a process that
-// died or was cut off from Consul. If the session is lost, every lock taken
-// through it is lost, and the next Acquire creates a new session.
+// Locker, which gives the key back when it passes (WithRenewal lifts it);
+// the session's TTL (WithSessionTTL) is the backstop that frees every key
+// of a process that died or was cut off from Consul. If the session is
+// lost, every lock taken through it is lost, and the next Acquire creates a
+// new session.
 //
 // A Locker is safe for concurrent use. Close it to give back its locks.
 type Locker struct {
-	cfg  Config
+	s    settings
 	conn conn
 
 	create chan struct{} // holds a token while a session is being created
 
-	mu     sync.Mutex
-	sess   *sharedSession // nil before the first lock and after a loss
-	slots  map[string]*keySlot
-	closed bool
+	mu       sync.Mutex
+	sess     *session              // the session new locks are taken with; nil before the first
+	sessions map[*session]struct{} // every session not yet known to be gone, for Close
+	slots    map[string]*keySlot
+	closed   bool
 }
 
-var errLockerClosed = errors.New("the Locker is closed")
+const lockerSessionName = "locker"
 
 // NewLocker builds a Locker. It validates every setting and talks to no one;
 // the session is created by the first Acquire.
 func NewLocker(opts ...Option) (*Locker, error) {
-	cfg, err := newConfig(opts)
+	s, err := newSettings(forLocker, opts)
 	if err != nil {
-		return nil, err
+		return nil, wrapOp("NewLocker", "", err)
 	}
-	return &Locker{cfg: cfg, conn: conn{cfg.Client, cfg.Token}, create: make(chan struct{}, 1), slots: map[string]*keySlot{}}, nil
+	return &Locker{s: s, conn: s.conn(), create: make(chan struct{}, 1),
+		sessions: map[*session]struct{}{}, slots: map[string]*keySlot{}}, nil
 }
 
 // Acquire takes the lock on the key that the Locker's KeyPattern makes of
 // name, waiting up to the acquire timeout. When another holder keeps it for
 // the whole timeout the error wraps ErrNotAcquired; passing failures are
 // retried within the timeout; when ctx ends first, Acquire returns promptly
-// with ctx's error. Whenever it returns an error, it holds nothing.
+// with ctx's error. It returns within the acquire timeout plus about a round
+// trip. Whenever it returns an error, it holds nothing.
 func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
-	key, err := lockKey(lk.cfg.KeyPattern, name)
+	key, err := lk.s.keyOf(name)
 	if err != nil {
-		return nil, err
+		return nil, wrapOp("acquire", name, err)
 	}
 	if l := lk.reenter(ctx, key); l != nil {
 		return l, nil
 	}
-	start, attempts := time.Now(), 0
-	lease, err := lk.acquire(ctx, key, &attempts)
-	observeAcquired(lk.cfg.Observer, []string{key}, start, attempts, []*Lease{lease}, err)
-	return lease, err
-}
-
-func (lk *Locker) acquire(ctx context.Context, key string, attempts *int) (*Lease, error) {
-	deadline := deadlineAfter(lk.cfg.AcquireTimeout)
-	slot, err := lk.takeTurn(ctx, key, deadline)
+	start := time.Now()
+	a := lk.attempt([]string{key})
+	if lk.s.fair {
+		lk.queue(a)
+	}
+	leases, err := lk.acquire(ctx, a)
+	observeAcquired(lk.s.Observer, a.keys, start, a.attempts, leases, err)
 	if err != nil {
 		return nil, err
 	}
-	if d := lk.yieldFor(slot); d > 0 {
-		if err := sleep(ctx, d); err != nil {
-			lk.leave(key, slot, true)
-			return nil, err
+	return leases[0], nil
+}
+
+// acquire takes the local turns of a's keys in sorted order (so that
+// goroutines that want the same keys never deadlock), then the keys.
+func (lk *Locker) acquire(ctx context.Context, a *attempt) ([]*Lease, error) {
+	slots := make([]*keySlot, len(a.keys))
+	leaveAll := func() {
+		if a.onFail != nil {
+			a.onFail()
+		}
+		for i, slot := range slots {
+			if slot != nil {
+				lk.leave(a.keys[i], slot, true)
+			}
 		}
 	}
-	lease, err := lk.contend(ctx, key, slot, deadline, attempts)
-	if err != nil {
-		lk.leave(key, slot, true)
-		return nil, fmt.Errorf("consullock: acquire %q: %w", key, err)
+	for _, i := range sortedOrder(a.keys) {
+		slot, err := lk.takeTurn(ctx, a.keys[i], a.deadline)
+		if err != nil {
+			leaveAll()
+			return nil, wrapOp("acquire", keysName(a.keys), err)
+		}
+		slots[i] = slot
 	}
-	return lease, nil
+	if len(a.keys) == 1 {
+		if d := lk.yieldFor(slots[0]); d > 0 {
+			if err := sleep(ctx, d); err != nil {
+				leaveAll()
+				return nil, wrapOp("acquire", a.keys[0], err)
+			}
+		}
+	}
+	for {
+		s, tokens, err := a.contend(ctx)
+		if err != nil {
+			leaveAll()
+			return nil, wrapOp("acquire", keysName(a.keys), err)
+		}
+		if leases := lk.register(s, a, slots, tokens); leases != nil {
+			return leases, nil
+		}
+		// The session ended as the keys were taken, which frees them: take
+		// them again with the next one.
+	}
+}
+
+// attempt is an acquire of keys with the Locker's session, until the
+// acquire timeout.
+func (lk *Locker) attempt(keys []string) *attempt {
+	deadline := deadlineAfter(lk.s.AcquireTimeout)
+	return &attempt{conn: lk.conn, keys: keys, value: lk.s.Value, deadline: deadline,
+		timeout: lk.s.AcquireTimeout, obs: lk.s.Observer,
+		session: func(ctx context.Context) (*session, error) { return lk.session(ctx, deadline) },
+		undo:    lk.undoTake,
+	}
+}
+
+// register makes leases of keys just taken together with s, all or none:
+// none when s ended meanwhile.
+func (lk *Locker) register(s *session, a *attempt, slots []*keySlot, tokens []uint64) []*Lease {
+	var lifespan time.Time
+	if !lk.s.renew {
+		lifespan = a.sent.Add(lk.s.LockTimeout)
+	}
+	leases := make([]*Lease, len(a.keys))
+	hs := make([]*held, len(a.keys))
+	for i, key := range a.keys {
+		lk.took(slots[i])
+		leases[i] = &Lease{lk: lk, slot: slots[i]}
+		hs[i] = newHeld(lk.conn, key, tokens[i], s, leases[i], lk.s.Observer, lk.s.LockTimeout, lifespan, nil)
+		leases[i].h = hs[i]
+	}
+	if !s.register(hs...) {
+		return nil
+	}
+	for _, h := range hs {
+		h.start()
+	}
+	return leases
 }
 
 // Hold acquires the lock on name, runs fn, and releases the lock however fn
 // ends, also when it panics. fn's context is cancelled with a cause wrapping
-// ErrLockLost if the lock is lost. It returns fn's error, joined with
-// Release's if that failed.
-func (lk *Locker) Hold(ctx context.Context, name string, fn func(ctx context.Context) error) (err error) {
+// ErrLockLost if the lock is lost, and carries the lease (see
+// ContextWithLease). It returns fn's error, joined with Release's if that
+// failed.
+func (lk *Locker) Hold(ctx context.Context, name string, fn func(ctx context.Context) error) error {
 	lease, err := lk.Acquire(ctx, name)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	defer lease.notify(cancel)()
-	ctx = ContextWithLease(ctx, lease)
-	defer func() {
-		rctx, rcancel := detached(ctx)
-		defer rcancel()
-		if rerr := lease.Release(rctx); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	}()
-	return fn(ctx)
+	carry := func(ctx context.Context) context.Context { return ContextWithLease(ctx, lease) }
+	return hold(ctx, lease.h, lease.Release, carry, fn)
 }
 
 // Close gives back every lock of the Locker at once, by destroying its
-// session, and stops renewing it. Leases still held end as lost. Acquire
-// fails after Close.
+// sessions, and stops renewing them. Leases still held end as lost. Acquire
+// fails with ErrClosed after Close. It returns an error wrapping ErrConsul
+// that names each session Consul could not be told to destroy: its keys are
+// freed when its TTL runs out.
 func (lk *Locker) Close(ctx context.Context) error {
 	lk.mu.Lock()
 	lk.closed = true
-	s := lk.sess
 	lk.sess = nil
+	sessions := lk.sessions
+	lk.sessions = map[*session]struct{}{}
 	lk.mu.Unlock()
-	if s == nil {
-		return nil
+	var errs []error
+	for s := range sessions {
+		if err := s.destroy(ctx, fmt.Errorf("%w: the Locker was closed", ErrLockLost)); err != nil {
+			errs = append(errs, fmt.Errorf("%w; its keys are freed when its TTL (%v) runs out", err, lk.s.lockerTTL()))
+		}
 	}
-	s.end(fmt.Errorf("%w: the Locker was closed", ErrLockLost))
-	<-s.renewed
-	if err := destroySession(ctx, lk.conn, s.id); err != nil {
-		return fmt.Errorf("consullock: close: %w", err)
-	}
-	return nil
+	return wrapOp("close", "", errors.Join(errs...))
 }
 
-// contend takes key with the Locker's session, waiting on blocking queries
-// while another session holds it. A session that ends meanwhile is replaced.
-// The caller has the turn on key, so a key that the session holds is this
-// goroutine's to take or to give back.
-func (lk *Locker) contend(ctx context.Context, key string, slot *keySlot, deadline time.Time, attempts *int) (*Lease, error) {
-	w := &keyWatch{conn: lk.conn, key: key, deadline: deadline, onHolder: contended(lk.cfg.Observer, key)}
-	var contender, queuedBy string // the contender key, and the session that holds it
-	for {
-		s, err := lk.session(ctx, deadline)
-		if err != nil {
-			return nil, err
-		}
-		var leave []*api.KVTxnOp // the write that takes the lock also leaves the queue
-		if lk.cfg.Fair {
-			if queuedBy != s.id {
-				var waited bool
-				contender, waited, err = lk.enqueue(ctx, key, s.id, deadline)
-				queuedBy = s.id
-				if err == nil && waited {
-					err = w.untilFree(ctx) // the predecessor has just taken it: no write in vain
-				}
-				if err != nil {
-					lk.dequeue(ctx, contender, queuedBy)
-					if errors.Is(err, errDeadline) {
-						return nil, notAcquiredError(key, w.holder, lk.cfg.AcquireTimeout)
-					}
-					return nil, err
-				}
-			}
-			leave = append(leave, leaveQueue(contender))
-		}
-		acquiredAt := time.Now()
-		*attempts++
-		token, maybeTaken, err := takeKey(ctx, lk.conn, key, lk.cfg.Value(), s.id, deadline, lk.giveBackAbandoned(key), leave...)
-		switch {
-		case err != nil && strings.Contains(err.Error(), "nvalid session"):
-			s.end(fmt.Errorf("%w: Consul no longer knows the Locker's session", ErrLockLost))
-			continue
-		case err != nil:
-			if maybeTaken { // do not leave the key to a session that lives on
-				cctx, cancel := detached(ctx)
-				deleteIfHeld(cctx, lk.conn, key, s.id)
-				cancel()
-			}
-			if contender != "" {
-				lk.dequeue(ctx, contender, queuedBy)
-			}
-			return nil, err
-		case token != 0:
-			lk.took(slot)
-			if l := s.register(key, slot, token, acquiredAt); l != nil {
-				return l, nil
-			}
-			continue // the session ended just now: take the key with the next
-		}
-		err = w.untilFree(ctx)
-		if err != nil && contender != "" {
-			lk.dequeue(ctx, contender, queuedBy)
-		}
-		switch {
-		case errors.Is(err, errDeadline):
-			return nil, notAcquiredError(key, w.holder, lk.cfg.AcquireTimeout)
-		case err != nil:
-			return nil, err
-		}
+// session returns the Locker's live session, creating it when there is
+// none, before deadline.
+func (lk *Locker) session(ctx context.Context, deadline time.Time) (*session, error) {
+	if err := lk.createTurn(ctx, deadline); err != nil {
+		return nil, err
 	}
-}
-
-// session returns the Locker's live session, creating it when there is none.
-func (lk *Locker) session(ctx context.Context, deadline time.Time) (*sharedSession, error) {
-	select { // one creation at a time, abandoned when ctx ends
-	case lk.create <- struct{}{}:
-		defer func() { <-lk.create }()
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
+	defer func() { <-lk.create }()
 	lk.mu.Lock()
 	s, closed := lk.sess, lk.closed
 	lk.mu.Unlock()
 	switch {
 	case closed:
-		return nil, errLockerClosed
-	case s != nil:
+		return nil, ErrClosed
+	case s != nil && s.Err() == nil:
 		return s, nil
 	}
-	ttl := lk.cfg.sessionTTL()
-	id, sent, err := createSession(ctx, lk.conn, sessionSpec{"locker", ttl, lk.cfg.LockDelay}, deadline)
+	s, err := startSession(ctx, lk.conn, sessionSpec{name: lockerSessionName, ttl: lk.s.lockerTTL(), lockDelay: lk.s.LockDelay, obs: lk.s.Observer}, deadline)
 	if err != nil {
 		return nil, err
 	}
-	s = startSharedSession(lk, id, holdExpiry(sent, ttl))
 	lk.mu.Lock()
-	installed := !lk.closed && s.lostErr == nil
-	if installed {
-		lk.sess = s
+	defer lk.mu.Unlock()
+	if lk.closed { // closed while it was created
+		s.abandon(fmt.Errorf("%w: the Locker was closed", ErrLockLost))
+		return nil, ErrClosed
 	}
-	lk.mu.Unlock()
-	if !installed { // closed, or expired, while it was created
-		s.end(errLockerClosed)
-		cctx, cancel := detached(ctx)
-		defer cancel()
-		destroySession(cctx, lk.conn, id)
-		return nil, errLockerClosed
+	for old := range lk.sessions {
+		select {
+		case <-old.gone:
+			delete(lk.sessions, old)
+		default:
+		}
 	}
+	lk.sess = s
+	lk.sessions[s] = struct{}{}
 	return s, nil
+}
+
+// createTurn waits for the turn to create the Locker's session: one
+// creation at a time. A creation in flight is bounded by its own acquire's
+// deadline, and is given about a round trip more than this one's.
+func (lk *Locker) createTurn(ctx context.Context, deadline time.Time) error {
+	select {
+	case lk.create <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline) + time.Second)
+	defer t.Stop()
+	select {
+	case lk.create <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return fmt.Errorf("%w: no session by the acquire deadline: another acquire is still creating the Locker's session", ErrConsul)
+	}
+}
+
+// undoTake gives back, in the background, keys that a take with s may have
+// got although it failed or was abandoned. A key is deleted only with its
+// local turn in hand, and only if s holds it: then no lease of the Locker
+// has it (a lease that took it meanwhile has given it back, or was lost
+// when the late take wrote over it, and gave it back itself). A key that
+// cannot be given back ends the session, whose destruction frees it.
+func (lk *Locker) undoTake(s *session, keys []string) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*cleanupTimeout)
+		defer cancel()
+		for _, key := range keys {
+			slot, err := lk.takeTurn(ctx, key, time.Now().Add(cleanupTimeout))
+			if err != nil {
+				continue // a closed Locker, or a lease holds the key: either gives it back
+			}
+			if err := deleteIfHeld(ctx, lk.conn, key, s.id); err != nil {
+				s.abandon(fmt.Errorf("%w: could not give back %q after a failed acquire: %w", ErrLockLost, key, err))
+			}
+			lk.leave(key, slot, true)
+		}
+	}()
+}
+
+// keysName names a set of keys in messages.
+func keysName(keys []string) string {
+	if len(keys) == 1 {
+		return keys[0]
+	}
+	return fmt.Sprint(keys)
 }

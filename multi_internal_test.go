@@ -12,11 +12,12 @@ import (
 )
 
 // Keys taken together with a session that ends just before they are
-// registered give no lease at all: AcquireAll keeps the local turns of every
-// key, takes the set again with a new session, and excludes everyone else
-// from each key until it releases them. (A lease registered alone would have
-// been ended with the session, and passed on a turn AcquireAll still used.)
-func TestRegisterAllIsAllOrNothing(t *testing.T) {
+// registered give no lease at all: the caller keeps the local turns of
+// every key, takes the set again with a new session, and excludes everyone
+// else from each key until it releases them. (A lease registered alone
+// would have been ended with the session, and passed on a turn the caller
+// still used.)
+func TestRegisterIsAllOrNothing(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
 	ctx := context.Background()
@@ -26,39 +27,40 @@ func TestRegisterAllIsAllOrNothing(t *testing.T) {
 	}
 	defer lk.Close(ctx)
 	keys := []string{"locks/ephemeral/" + t.Name() + "/a", "locks/ephemeral/" + t.Name() + "/b"}
-	deadline := time.Now().Add(10 * time.Second)
-	slots := map[string]*keySlot{}
-	for _, k := range keys {
-		if slots[k], err = lk.takeTurn(ctx, k, deadline); err != nil {
+	a := lk.attempt(keys)
+	a.deadline = time.Now().Add(10 * time.Second)
+	slots := make([]*keySlot, len(keys))
+	for i, k := range keys {
+		if slots[i], err = lk.takeTurn(ctx, k, a.deadline); err != nil {
 			t.Fatal(err)
 		}
 	}
-	s, err := lk.session(ctx, deadline)
+	s, tokens, err := a.contend(ctx)
 	if err != nil {
+		t.Fatalf("take %q: %v", keys, err)
+	}
+	if err := s.destroy(ctx, errors.New("the session ended")); err != nil { // as Consul invalidating it would: the keys are freed
 		t.Fatal(err)
 	}
-	tokens, _, err := takeKeys(ctx, lk.conn, keys, lk.cfg.Value(), s.id, deadline, nil)
-	if err != nil || tokens == nil {
-		t.Fatalf("take %q: tokens %v, %v", keys, tokens, err)
-	}
-	s.end(errors.New("the session ended"))
-	destroySession(ctx, lk.conn, s.id) // as Consul invalidating it would: the keys are freed
-
-	if leases := lk.registerAll(s, keys, slots, tokens, time.Now()); leases != nil {
+	if leases := lk.register(s, a, slots, tokens); leases != nil {
 		t.Fatal("leases registered with a session that had ended")
 	}
-	for k, slot := range slots {
+	for i, slot := range slots {
 		if len(slot.turn) != 1 || slot.refs != 1 {
-			t.Fatalf("%s: turn taken %d, refs %d after the failed registration, want the caller's turn kept", k, len(slot.turn), slot.refs)
+			t.Fatalf("%s: turn taken %d, refs %d after the failed registration, want the caller's turn kept", keys[i], len(slot.turn), slot.refs)
 		}
 	}
-	leases, err := lk.contendAll(ctx, keys, slots, deadline, new(int))
+	s, tokens, err = a.contend(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	leases := lk.register(s, a, slots, tokens)
+	if leases == nil {
+		t.Fatal("no leases with a live session")
 	}
 	for _, k := range keys {
 		if _, err := lk.Acquire(ctx, k[len("locks/ephemeral/"):]); !errors.Is(err, ErrNotAcquired) {
-			t.Fatalf("another Acquire of %s while AcquireAll holds it: %v, want ErrNotAcquired", k, err)
+			t.Fatalf("another Acquire of %s while the set is held: %v, want ErrNotAcquired", k, err)
 		}
 	}
 	for _, l := range leases {
@@ -69,11 +71,10 @@ func TestRegisterAllIsAllOrNothing(t *testing.T) {
 }
 
 // A take abandoned by its caller that Consul applied after another
-// goroutine of the Locker took the key with the same session (so the key is
-// at the abandoned write's index) is not undone under that goroutine's
-// lease: the undo waits for the local turn, and deletes the key only once
-// no lease of the Locker holds it.
-func TestAbandonedTakeWaitsForTheTurn(t *testing.T) {
+// goroutine of the Locker took the key with the same session writes over
+// that goroutine's take: its lease is no longer as it took the key, so it is
+// lost, and it gives the key back itself.
+func TestLateTakeEndsTheLease(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
 	ctx := context.Background()
@@ -82,38 +83,66 @@ func TestAbandonedTakeWaitsForTheTurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lk.Close(ctx)
-	name := t.Name() + "/k"
-	lease, err := lk.Acquire(ctx, name)
+	lease, err := lk.Acquire(ctx, t.Name()+"/k")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The abandoned write lands now: the same session takes the key again.
-	stale, _, err := takeKey(ctx, lk.conn, lease.key, nil, lease.Session(), time.Now().Add(5*time.Second), nil)
-	if err != nil || stale == 0 {
-		t.Fatalf("stale take: %d, %v", stale, err)
+	res, _, err := take(ctx, lk.conn, takeSpec{keys: []string{lease.Key()}, session: lease.Session()}, time.Now().Add(5*time.Second), nil)
+	if err != nil || !res.taken() {
+		t.Fatalf("late take: %+v, %v", res, err)
 	}
-	undone := make(chan struct{})
-	go func() {
-		lk.giveBackAbandoned(lease.key)([]*api.KVPair{{ModifyIndex: stale}})
-		close(undone)
-	}()
+	select {
+	case <-lease.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the lease did not see the late take")
+	}
+	if err := lease.Err(); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Err = %v, want ErrLockLost", err)
+	}
+	consultest.Eventually(t, 5*time.Second, "the key given back", func() bool {
+		pair, _, err := c.KV().Get(lease.Key(), &api.QueryOptions{RequireConsistent: true})
+		return err == nil && pair == nil
+	})
+}
+
+// The undo of a take that may have applied waits for the key's local turn:
+// while a lease of the Locker holds the key, the key is the lease's, and the
+// undo deletes nothing under it.
+func TestUndoWaitsForTheTurn(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	lk, err := NewLocker(WithClient(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Close(ctx)
+	lease, err := lk.Acquire(ctx, t.Name()+"/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk.undoTake(lease.h.sess, []string{lease.Key()})
 	consultest.Eventually(t, 5*time.Second, "the undo waits for the turn", func() bool {
 		lk.mu.Lock()
 		defer lk.mu.Unlock()
-		return lk.slots[lease.key] != nil && lk.slots[lease.key].refs == 2
+		return lk.slots[lease.Key()] != nil && lk.slots[lease.Key()].refs == 2
 	})
-	if pair, _, err := c.KV().Get(lease.key, &api.QueryOptions{RequireConsistent: true}); err != nil || pair == nil || pair.Session != lease.Session() {
+	if pair, _, err := c.KV().Get(lease.Key(), &api.QueryOptions{RequireConsistent: true}); err != nil || pair == nil || pair.Session != lease.Session() {
 		t.Fatalf("the key was given back under a lease that holds it: %+v, %v", pair, err)
+	}
+	if err := lease.Err(); err != nil {
+		t.Fatalf("the lease was lost while the undo waited: %v", err)
 	}
 	if err := lease.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-undone:
-	case <-time.After(15 * time.Second):
-		t.Fatal("the undo did not finish after the lease was released")
-	}
-	if pair, _, _ := c.KV().Get(lease.key, &api.QueryOptions{RequireConsistent: true}); pair != nil {
+	consultest.Eventually(t, 15*time.Second, "the undo done once the lease was released", func() bool {
+		lk.mu.Lock()
+		defer lk.mu.Unlock()
+		return lk.slots[lease.Key()] == nil
+	})
+	if pair, _, _ := c.KV().Get(lease.Key(), &api.QueryOptions{RequireConsistent: true}); pair != nil {
 		t.Fatalf("key left after the release and the undo: %+v", pair)
 	}
 }

@@ -69,7 +69,7 @@ func observeAcquired(o Observer, keys []string, start time.Time, attempts int, l
 	for i, k := range keys {
 		e := AcquireEvent{Key: k, Wait: wait, Attempts: attempts, Err: err}
 		if i < len(leases) && leases[i] != nil {
-			e.Token = leases[i].token
+			e.Token = leases[i].h.token
 		}
 		o.Acquired(e)
 	}

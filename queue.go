@@ -5,61 +5,122 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
 // Fair queueing (WithFairQueueing): waiters of every process are served in
 // arrival order. Before contending, a waiter enqueues a contender key,
-// KEY.queue/<session>, held by its session so that it vanishes with a dead
-// process, and waits on a blocking query until the contender created just
-// before it is gone: each waiter watches only its predecessor, as etcd's
-// Mutex does, and only the head of the queue contends for the lock, so no
-// waiter starves and a release wakes one waiter, not all. The head takes the
-// lock and leaves the queue in one write.
+// KEY.queue/<session>-<nonce>, held by its session so that it vanishes with
+// a dead process, and waits on a blocking query until the contender created
+// just before it is gone: each waiter watches only its predecessor, as
+// etcd's Mutex does, and only the head of the queue contends for the lock,
+// so no waiter starves and a release wakes one waiter, not all. The head
+// takes the lock and leaves the queue in one write.
 
 func queuePrefix(key string) string { return key + ".queue/" }
 
-// enqueue adds a contender key of the session's for key, me, and waits
-// until it heads the queue. waited reports that it had a predecessor, which
-// has most likely just taken the lock.
-func (lk *Locker) enqueue(ctx context.Context, key, session string, deadline time.Time) (me string, waited bool, err error) {
-	me = queuePrefix(key) + session + "-" + nonce()
-	if _, _, err := takeKey(ctx, lk.conn, me, nil, session, deadline, lk.giveBackAbandoned(me)); err != nil {
-		return me, false, fmt.Errorf("enqueue: %w", err)
+// errLeftQueue reports a contender key that is gone while its waiter still
+// waits: its session was invalidated, or someone deleted it.
+var errLeftQueue = errors.New("the contender key left the queue")
+
+// fairQueue is one waiter's place in the queue of a key.
+type fairQueue struct {
+	lk  *Locker
+	a   *attempt
+	me  string   // the contender key, once enqueued
+	by  *session // the session that holds it
+}
+
+// queue makes a's takes wait for their turn in the key's queue, and leave
+// it with the take.
+func (lk *Locker) queue(a *attempt) {
+	q := &fairQueue{lk: lk, a: a}
+	a.before = q.head
+	a.also = func(*session) api.KVTxnOps { return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}} }
+	a.onFail = q.leave
+}
+
+// head makes sure that s holds a contender key in the queue, and that it is
+// the first; after waiting for a predecessor, it waits for the lock to be
+// free too, so that the first take is not a write in vain.
+func (q *fairQueue) head(ctx context.Context, s *session) error {
+	if q.by == s {
+		return nil
 	}
 	for {
-		pred, err := lk.predecessor(ctx, key, me)
+		if q.me != "" {
+			q.leave()
+		}
+		if err := q.enqueue(ctx, s); err != nil {
+			return err
+		}
+		waited, err := q.waitForPredecessors(ctx)
+		if errors.Is(err, errLeftQueue) {
+			continue // enqueue again: a take with a dead session will say so
+		}
+		if err != nil {
+			return err
+		}
+		if waited {
+			return q.a.watch(q.a.keys[0]).wait(ctx, false)
+		}
+		return nil
+	}
+}
+
+func (q *fairQueue) enqueue(ctx context.Context, s *session) error {
+	me := queuePrefix(q.a.keys[0]) + s.id + "-" + nonce()
+	undo := func() { go q.lk.giveBackContender(me, s) }
+	res, maybe, err := take(ctx, q.lk.conn, takeSpec{keys: []string{me}, session: s.id}, q.a.deadline, func([]uint64) { undo() })
+	switch {
+	case err != nil:
+		if maybe {
+			undo()
+		}
+		return fmt.Errorf("enqueue: %w", err)
+	case !res.taken():
+		return fmt.Errorf("%w: enqueue: a new contender key was refused", ErrConsul)
+	}
+	q.me, q.by = me, s
+	return nil
+}
+
+// waitForPredecessors waits until the contender key heads the queue.
+func (q *fairQueue) waitForPredecessors(ctx context.Context) (waited bool, err error) {
+	for {
+		pred, err := q.predecessor(ctx)
 		if err != nil || pred == "" {
-			return me, waited, err
+			return waited, err
 		}
 		waited = true
-		w := &keyWatch{conn: lk.conn, key: pred, deadline: deadline}
-		if err := w.untilFree(ctx); err != nil {
-			return me, waited, err
+		w := &keyWatch{conn: q.lk.conn, key: pred, deadline: q.a.deadline}
+		switch err := w.untilFree(ctx); {
+		case errors.Is(err, errDeadline):
+			return waited, notAcquiredError(nil, q.a.timeout)
+		case err != nil:
+			return waited, err
 		}
 	}
 }
 
-// leaveQueue is the operation, part of the write that takes the lock, that
-// removes the contender key.
-func leaveQueue(contender string) *api.KVTxnOp {
-	return &api.KVTxnOp{Verb: api.KVDelete, Key: contender}
-}
-
-// predecessor returns the contender key queued just before me, or "".
-func (lk *Locker) predecessor(ctx context.Context, key, me string) (string, error) {
-	pairs, _, err := lk.conn.c.KV().List(queuePrefix(key), lk.conn.query(ctx, api.QueryOptions{RequireConsistent: true}))
+// predecessor returns the contender key queued just before ours, or "".
+func (q *fairQueue) predecessor(ctx context.Context) (string, error) {
+	c := q.lk.conn
+	var pairs api.KVPairs
+	err := retry(ctx, q.a.deadline, func() (err error) {
+		pairs, _, err = c.c.KV().List(queuePrefix(q.a.keys[0]), c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+		return err
+	})
 	if err != nil {
-		return "", explain(err)
+		return "", consulError(err)
 	}
 	pairs = slices.DeleteFunc(pairs, func(p *api.KVPair) bool { return p.Session == "" })
 	slices.SortFunc(pairs, func(a, b *api.KVPair) int { return cmpIndex(a.CreateIndex, b.CreateIndex) })
-	i := slices.IndexFunc(pairs, func(p *api.KVPair) bool { return p.Key == me })
+	i := slices.IndexFunc(pairs, func(p *api.KVPair) bool { return p.Key == q.me })
 	switch {
 	case i < 0:
-		return "", errors.New("the contender key left the queue")
+		return "", errLeftQueue
 	case i == 0:
 		return "", nil
 	}
@@ -76,9 +137,19 @@ func cmpIndex(a, b uint64) int {
 	return 0
 }
 
-// dequeue removes a contender key after an acquire that failed.
-func (lk *Locker) dequeue(ctx context.Context, contender, session string) {
-	cctx, cancel := detached(ctx)
+// leave removes the contender key after an acquire that failed, in the
+// background.
+func (q *fairQueue) leave() {
+	if q.me != "" {
+		go q.lk.giveBackContender(q.me, q.by)
+		q.me, q.by = "", nil
+	}
+}
+
+func (lk *Locker) giveBackContender(key string, s *session) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	deleteIfHeld(cctx, lk.conn, contender, session)
+	if deleteIfHeld(ctx, lk.conn, key, s.id) != nil {
+		s.abandon(fmt.Errorf("%w: could not give back the contender key %q", ErrLockLost, key))
+	}
 }

@@ -23,21 +23,13 @@ func ContextWithLease(ctx context.Context, lease *Lease) context.Context {
 // reenter counts one more hold on a lease that ctx carries for key, if the
 // Locker is reentrant and the lease is still held.
 func (lk *Locker) reenter(ctx context.Context, key string) *Lease {
-	if !lk.cfg.Reentrant {
+	if !lk.s.reentrant {
 		return nil
 	}
 	held, _ := ctx.Value(leaseKey{}).([]*Lease)
 	for _, l := range held {
-		if l.s.lk == lk && l.key == key {
-			l.mu.Lock()
-			ok := l.state == leaseHeld
-			if ok {
-				l.holds++
-			}
-			l.mu.Unlock()
-			if ok {
-				return l
-			}
+		if l.lk == lk && l.h.key == key && l.h.reenter() {
+			return l
 		}
 	}
 	return nil

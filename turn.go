@@ -3,9 +3,9 @@ package consullock
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 )
 
 // Local turns: the goroutines of one Locker that want the same key queue
@@ -32,7 +32,7 @@ const (
 type keySlot struct {
 	turn   chan struct{} // holds a token while a goroutine has the turn
 	refs   int           // goroutines that have or wait for the turn
-	kept   string        // session that kept the key for the next holder, if any
+	kept   *session      // the session that kept the key for the next holder, if any
 	token  uint64        // the kept key's last fencing token
 	streak int           // handoffs in a row
 	yield  time.Duration // the key was given back for others: how long the next holder waits
@@ -43,7 +43,7 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 	lk.mu.Lock()
 	if lk.closed {
 		lk.mu.Unlock()
-		return nil, fmt.Errorf("consullock: %w", errLockerClosed)
+		return nil, ErrClosed
 	}
 	slot := lk.slots[key]
 	if slot == nil {
@@ -71,17 +71,18 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 		return nil, context.Cause(ctx)
 	case <-timer.C:
 		lk.leave(key, slot, false)
-		return nil, fmt.Errorf("%w: %q held by this process for the whole acquire timeout (%v)", ErrNotAcquired, key, lk.cfg.AcquireTimeout)
+		return nil, fmt.Errorf("%w: held by this process for the whole acquire timeout (%v)", ErrNotAcquired, lk.s.AcquireTimeout)
 	}
 }
 
 // handOff decides, at a release, whether to keep the key for the next
 // local waiter instead of giving it back in Consul.
-func (lk *Locker) handOff(slot *keySlot, s *sharedSession, token uint64) bool {
+func (lk *Locker) handOff(slot *keySlot, s *session, token uint64) bool {
+	alive := s.Err() == nil // not under lk.mu: ending a session ends its leases
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
-	if !lk.cfg.Fair && slot.refs > 1 && slot.streak < maxHandoffs && s.lostErr == nil && lk.sess == s {
-		slot.kept, slot.token = s.id, token
+	if !lk.s.fair && slot.refs > 1 && slot.streak < maxHandoffs && alive && lk.sess == s {
+		slot.kept, slot.token = s, token
 		slot.streak++
 		return true
 	}
@@ -116,7 +117,7 @@ func (lk *Locker) yieldFor(slot *keySlot) time.Duration {
 func (lk *Locker) took(slot *keySlot) {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
-	slot.kept = ""
+	slot.kept = nil
 }
 
 // leave takes a goroutine out of key's queue, passing the turn on if it had
@@ -128,13 +129,14 @@ func (lk *Locker) leave(key string, slot *keySlot, hadTurn bool) {
 	}
 	lk.mu.Lock()
 	slot.refs--
-	orphan, token := "", uint64(0)
+	var orphan *session
+	token := uint64(0)
 	if slot.refs == 0 {
 		delete(lk.slots, key)
-		orphan, token, slot.kept = slot.kept, slot.token, ""
+		orphan, token, slot.kept = slot.kept, slot.token, nil
 	}
 	lk.mu.Unlock()
-	if orphan != "" {
+	if orphan != nil {
 		lk.releaseOrphan(key, orphan, token)
 	}
 }
@@ -142,41 +144,23 @@ func (lk *Locker) leave(key string, slot *keySlot, hadTurn bool) {
 // releaseOrphan gives back a key kept for a next holder who never came. The
 // turn is no longer held, so only the exact write that kept it may be
 // deleted: if another goroutine took the key meanwhile, it is theirs.
-func (lk *Locker) releaseOrphan(key, session string, token uint64) {
-	ctx, cancel := detached(context.Background())
+func (lk *Locker) releaseOrphan(key string, s *session, token uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	if _, err := deleteIfUnchanged(ctx, lk.conn, key, token); err == nil {
-		return
+	if _, err := deleteIfUnchanged(ctx, lk.conn, key, token); err != nil {
+		// Left to a renewed session, the key would be held for ever.
+		s.abandon(fmt.Errorf("%w: could not give back %q: %w", ErrLockLost, key, err))
 	}
-	// Left to a renewed session, the key would be held for ever.
-	lk.mu.Lock()
-	s := lk.sess
-	lk.mu.Unlock()
-	if s != nil && s.id == session {
-		s.end(fmt.Errorf("%w: could not give back %q", ErrLockLost, key))
-	}
-	destroySession(ctx, lk.conn, session)
 }
 
-// giveBackAbandoned returns the abandoned hook (see kvTxnDetached) of keys
-// that the Locker's session may take for one goroutine after another. The
-// abandoned write may have applied after the next local holder took a key
-// with the same session, leaving the key at the abandoned write's index:
-// deleting it then would free the next holder's lock under it. So each key
-// is given back with its local turn in hand, once no lease of the Locker
-// holds it (a lease that held it meanwhile has given it back already), one
-// key at a time, so that no turn is held while waiting for another.
-func (lk *Locker) giveBackAbandoned(keys ...string) func([]*api.KVPair) {
-	return func(results []*api.KVPair) {
-		ctx, cancel := detached(context.Background())
-		defer cancel()
-		for i, key := range keys {
-			slot, err := lk.takeTurn(ctx, key, time.Now().Add(cleanupTimeout))
-			if err != nil {
-				continue // a closed Locker: destroying its session frees the key
-			}
-			deleteIfUnchanged(ctx, lk.conn, key, results[i].ModifyIndex)
-			lk.leave(key, slot, true)
-		}
+// sortedOrder returns the positions of keys in the order of the keys: the
+// order in which local turns are taken, so that two goroutines that want
+// some of the same keys never wait for each other's.
+func sortedOrder(keys []string) []int {
+	order := make([]int, len(keys))
+	for i := range order {
+		order[i] = i
 	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(keys[a], keys[b]) })
+	return order
 }

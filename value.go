@@ -16,23 +16,13 @@ type Holder struct {
 	LockedAt string `json:"locked_at"`
 	Host     string `json:"host,omitempty"`
 	PID      int    `json:"pid,omitempty"`
-	// Limit is the number of holders of a Semaphore's slot, for checking
-	// that every holder agrees on it.
-	Limit int `json:"limit,omitempty"`
 }
 
 // DefaultValue returns the JSON that python-consul-lock stores,
 // {"locked_at": "2006-01-02 15:04:05.000000"} in local time, with the holder's
 // host name and process id added.
-func DefaultValue() []byte { return holderValue(0) }
-
-func holderValue(limit int) []byte {
-	b, _ := json.Marshal(Holder{
-		LockedAt: time.Now().Format(pythonTime),
-		Host:     host,
-		PID:      os.Getpid(),
-		Limit:    limit,
-	})
+func DefaultValue() []byte {
+	b, _ := json.Marshal(Holder{LockedAt: time.Now().Format(pythonTime), Host: host, PID: os.Getpid()})
 	return b
 }
 

@@ -8,47 +8,63 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// Bounds of the pause between attempts while Consul's lock delay keeps a free
-// key from everyone: no blocking query wakes when a lock delay ends.
+// Waiting for a key that a take found blocked: on a Consul blocking query
+// while another session holds it, rather than by polling; by polling with
+// backoff while a lock delay keeps it, because no blocking query wakes when
+// a lock delay ends.
+
 const (
+	// maxBlockingWait bounds every blocking query of a waiter, so that a
+	// process that goes away frees its connection slot in the agent
+	// within that time.
+	maxBlockingWait = time.Minute
+	// Bounds of the pause between takes while a lock delay is in force.
 	minLockDelayPoll = 5 * time.Millisecond
 	maxLockDelayPoll = 500 * time.Millisecond
 )
 
-// keyWatch waits for a held key to be freed, on Consul blocking queries
-// rather than by polling, until a deadline.
+// errDeadline ends a wait whose acquire deadline passed.
+var errDeadline = errors.New("acquire deadline passed")
+
+// keyWatch waits for one key to be free, until a deadline. It is kept for
+// the whole acquire, so that it remembers what it saw between takes.
 type keyWatch struct {
 	conn     conn
 	key      string
 	deadline time.Time
-
-	// maxWait bounds one blocking query, and beforeQuery runs before each:
-	// a waiter whose session ages while it waits renews it there. Optional.
-	maxWait     time.Duration
-	beforeQuery func(ctx context.Context) error
 	// onHolder, if set, is told of each new holder the wait finds.
 	onHolder func(holder string)
 
 	index   uint64      // Consul index of the last answer; 0 asks without blocking
 	holder  *api.KVPair // the key as last seen held, for error messages
 	poll    time.Duration
-	sawFree bool    // the last wait ended on a free key, yet the acquire failed
 	retry   backoff // between queries that failed for a passing reason
 	failing error   // the passing failure of the last query, if it failed
 }
 
-// errDeadline ends a wait whose acquire deadline passed.
-var errDeadline = errors.New("acquire deadline passed")
-
-// untilFree returns nil when the key may be free, errDeadline when the
-// deadline passed first while the key was held, the last error when it
-// passed while Consul was failing, or ctx's error.
-func (w *keyWatch) untilFree(ctx context.Context) error {
-	if w.sawFree {
-		// The key looked free but the acquire failed: someone else won the
-		// race, or a lock delay is in force. Look again at once to tell which.
-		w.index = 0
+// wait waits after a take that found the key blocked: out the lock delay,
+// or until the key is free. It returns nil when a take is worth trying
+// again, errDeadline when the deadline passed first while the key was held,
+// the last error when it passed while Consul was failing, or ctx's cause.
+func (w *keyWatch) wait(ctx context.Context, delayed bool) error {
+	if delayed {
+		return w.outLockDelay(ctx)
 	}
+	w.poll = 0
+	return w.untilFree(ctx)
+}
+
+// outLockDelay sleeps for the next step of the lock delay's backoff.
+func (w *keyWatch) outLockDelay(ctx context.Context) error {
+	left := time.Until(w.deadline)
+	if left <= 0 {
+		return errDeadline
+	}
+	w.poll = min(max(2*w.poll, minLockDelayPoll), maxLockDelayPoll)
+	return sleep(ctx, min(w.poll, left))
+}
+
+func (w *keyWatch) untilFree(ctx context.Context) error {
 	for {
 		pair, err := w.next(ctx)
 		if transient(err) {
@@ -56,36 +72,25 @@ func (w *keyWatch) untilFree(ctx context.Context) error {
 			if ok, serr := w.retry.wait(ctx, w.deadline); serr != nil {
 				return serr
 			} else if !ok {
-				return err
+				return consulError(err)
 			}
 			continue
 		}
 		if errors.Is(err, errDeadline) && w.failing != nil {
-			return w.failing
+			return consulError(w.failing)
 		}
 		if err != nil {
 			return err
 		}
 		w.retry, w.failing = backoff{}, nil
 		if pair == nil || pair.Session == "" {
-			return w.free(ctx)
+			return nil
 		}
 		if w.onHolder != nil && (w.holder == nil || w.holder.Session != pair.Session) {
 			w.onHolder(pair.Session)
 		}
-		w.holder, w.poll, w.sawFree = pair, 0, false
+		w.holder = pair
 	}
-}
-
-// free handles a key seen free. The first time, it is simply free; seen free
-// again after a failed acquire, a lock delay is in force and only time ends it.
-func (w *keyWatch) free(ctx context.Context) error {
-	if !w.sawFree {
-		w.sawFree = true
-		return nil
-	}
-	w.poll = min(max(2*w.poll, minLockDelayPoll), maxLockDelayPoll)
-	return sleep(ctx, min(w.poll, time.Until(w.deadline)))
 }
 
 // next answers at once when index is 0, else blocks until the key changes.
@@ -93,19 +98,11 @@ func (w *keyWatch) free(ctx context.Context) error {
 // for is cut by that much to answer before the deadline; the context's
 // deadline is only the backstop.
 func (w *keyWatch) next(ctx context.Context) (*api.KVPair, error) {
-	if w.beforeQuery != nil {
-		if err := w.beforeQuery(ctx); err != nil {
-			return nil, err
-		}
-	}
 	left := time.Until(w.deadline)
 	if left <= 0 {
 		return nil, errDeadline
 	}
-	wait := left - left/16
-	if w.maxWait > 0 {
-		wait = min(wait, w.maxWait)
-	}
+	wait := min(left-left/16, maxBlockingWait)
 	qctx, cancel := context.WithDeadline(ctx, w.deadline)
 	defer cancel()
 	pair, meta, err := w.conn.c.KV().Get(w.key, w.conn.query(qctx, api.QueryOptions{
@@ -118,7 +115,7 @@ func (w *keyWatch) next(ctx context.Context) (*api.KVPair, error) {
 	case qctx.Err() != nil:
 		return nil, errDeadline
 	case err != nil:
-		return nil, explain(err)
+		return nil, err
 	}
 	w.index = nextIndex(w.index, meta.LastIndex)
 	return pair, nil
@@ -131,19 +128,4 @@ func nextIndex(prev, last uint64) uint64 {
 		return 1
 	}
 	return last
-}
-
-// sleep waits d, or returns ctx's error when ctx ends first.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
 }

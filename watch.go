@@ -2,81 +2,316 @@ package consullock
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
-// watchHeld follows a held key with consistent blocking queries, from the
-// index of the write that took it, until ctx ends or the hold ends (done is
-// closed). It calls lost once, with the reason, when the key is gone or
-// another session holds it, or, when strict (the session is shared with
-// other holders), when the key was written to since it was taken, in which
-// case stillHeld is true: the session still holds the key. Then it returns. Errors are retried: the
-// holder's local deadline, not this watch, bounds how long Consul's silence
-// is trusted.
-//
-// A release deletes the key, which ends the watch's blocking query by itself;
-// cancelling it instead would cost its connection.
-func watchHeld(ctx context.Context, c conn, key, session string, token uint64, strict bool, done <-chan struct{}, lost func(reason string, stillHeld bool)) {
-	index := token
+// Loss detection. Every held key is watched from the moment it is taken,
+// so that Err and Lost report the same losses. A blocking query per key
+// would cost a connection each, and an agent serves at most 200 per client
+// address (limits.http_max_conns_per_client), so the watches of all the
+// locks built on one client share at most maxWatchQueries blocking queries:
+// each follows a key prefix that covers some of the watched keys, with a
+// consistent list that wakes when anything under the prefix changes, and
+// tells each watcher of its key's state. Keys are grouped under their own
+// key as prefix while the budget allows, then under the longest prefix two
+// groups share. The hubs are the package's only other state: a cache of
+// watches per client, which holds nothing once no key is watched.
+
+const (
+	maxWatchQueries = 8
+	// watchWait is the wait time of each watch query: a process that goes
+	// away frees its slots in the agent within it.
+	watchWait = 30 * time.Second
+	// watchLinger is how long a query that nobody needs any more may run
+	// before it is cancelled: usually the change that ended the need
+	// answers it first, and its connection is kept for reuse.
+	watchLinger = 2 * time.Second
+)
+
+// keyState is what a watch sees of a key.
+type keyState struct {
+	exists  bool
+	session string
+	index   uint64 // the key's ModifyIndex
+}
+
+// subscription is one watcher of one key.
+type subscription struct {
+	key     string
+	known   uint64         // the index at which the watcher knew the key
+	changed func(keyState) // told of each state seen from known on; it must not block
+	group   *watchGroup    // guarded by the hub's mu
+	last    keyState       // the state last told, or expected
+	hub     *hub
+}
+
+// hub holds the watch queries of one client and token.
+type hub struct {
+	conn   conn
+	mu     sync.Mutex
+	groups map[*watchGroup]struct{} // live and retired groups with a running query
+}
+
+type watchGroup struct {
+	prefix  string
+	subs    map[*subscription]struct{}
+	index   uint64              // of the last answer; 0 before the first
+	last    map[string]keyState // the last answer, by key
+	retired bool                // merged into another: its answers are not used
+	cancel  context.CancelFunc
+	idle    *time.Timer // cancels the query once the group has lingered unneeded
+}
+
+var hubs = struct {
+	sync.Mutex
+	m map[conn]*hub
+}{m: map[conn]*hub{}}
+
+// watchKey tells changed of each state of key, seen from the index of
+// expect on, that differs from expect and from the last one told, until the
+// returned subscription is cancelled.
+func watchKey(c conn, key string, expect keyState, changed func(keyState)) *subscription {
+	hubs.Lock()
+	h := hubs.m[c]
+	if h == nil {
+		h = &hub{conn: c, groups: map[*watchGroup]struct{}{}}
+		hubs.m[c] = h
+	}
+	h.mu.Lock()
+	hubs.Unlock()
+	sub := &subscription{key: key, known: expect.index, changed: changed, hub: h, last: expect}
+	g := h.join(sub)
+	st, now := keyState{}, false
+	if g.index != 0 && g.index >= sub.known && g.last != nil {
+		// The group's last answer is already as new as the watcher's view.
+		if seen := g.last[key]; seen != expect {
+			st, now = seen, true
+			sub.last = st
+		}
+	}
+	h.mu.Unlock()
+	if now {
+		changed(st)
+	}
+	return sub
+}
+
+// cancel ends the subscription.
+func (sub *subscription) cancel() {
+	h := sub.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g := sub.group
+	if g == nil {
+		return
+	}
+	delete(g.subs, sub)
+	sub.group = nil
+	if len(g.subs) == 0 {
+		g.linger()
+	}
+}
+
+// join puts sub in a group that covers its key, making one if needed.
+// h.mu is held.
+func (h *hub) join(sub *subscription) *watchGroup {
+	g := h.covering(sub.key)
+	if g == nil {
+		if h.live() >= maxWatchQueries {
+			h.mergeClosest(sub.key)
+			g = h.covering(sub.key)
+		}
+		if g == nil {
+			g = h.start(sub.key, nil)
+		}
+	}
+	g.subs[sub] = struct{}{}
+	sub.group = g
+	if g.idle != nil {
+		g.idle.Stop()
+		g.idle = nil
+	}
+	return g
+}
+
+// covering returns the live group with the longest prefix of key, or nil.
+func (h *hub) covering(key string) *watchGroup {
+	var best *watchGroup
+	for g := range h.groups {
+		if !g.retired && len(g.prefix) <= len(key) && key[:len(g.prefix)] == g.prefix && (best == nil || len(g.prefix) > len(best.prefix)) {
+			best = g
+		}
+	}
+	return best
+}
+
+func (h *hub) live() int {
+	n := 0
+	for g := range h.groups {
+		if !g.retired {
+			n++
+		}
+	}
+	return n
+}
+
+// mergeClosest makes room for key: of the live groups' prefixes and key,
+// it takes the two that share the longest prefix, and replaces the groups
+// that prefix covers by one group on it. h.mu is held.
+func (h *hub) mergeClosest(key string) {
+	cands := []string{key}
+	for g := range h.groups {
+		if !g.retired {
+			cands = append(cands, g.prefix)
+		}
+	}
+	best := ""
+	found := false
+	for i := range cands {
+		for j := i + 1; j < len(cands); j++ {
+			if p := commonPrefix(cands[i], cands[j]); !found || len(p) > len(best) {
+				best, found = p, true
+			}
+		}
+	}
+	var moved []*subscription
+	for g := range h.groups {
+		if !g.retired && len(g.prefix) >= len(best) && g.prefix[:len(best)] == best {
+			for sub := range g.subs {
+				moved = append(moved, sub)
+			}
+			g.subs = map[*subscription]struct{}{}
+			g.retired = true
+			g.linger()
+		}
+	}
+	h.start(best, moved)
+}
+
+func commonPrefix(a, b string) string {
+	n := min(len(a), len(b))
+	for i := range n {
+		if a[i] != b[i] {
+			return a[:i]
+		}
+	}
+	return a[:n]
+}
+
+// start starts a group on prefix with subs. h.mu is held.
+func (h *hub) start(prefix string, subs []*subscription) *watchGroup {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &watchGroup{prefix: prefix, subs: map[*subscription]struct{}{}, cancel: cancel}
+	for _, sub := range subs {
+		g.subs[sub] = struct{}{}
+		sub.group = g
+	}
+	h.groups[g] = struct{}{}
+	go h.follow(ctx, g)
+	return g
+}
+
+// linger lets an unneeded group's query run a little, for the answer that
+// usually comes with the change that ended the need, then cancels it.
+// The hub's mu is held.
+func (g *watchGroup) linger() {
+	if g.idle == nil {
+		g.idle = time.AfterFunc(watchLinger, g.cancel)
+	}
+}
+
+// follow runs g's blocking queries until g is no longer needed.
+func (h *hub) follow(ctx context.Context, g *watchGroup) {
+	defer h.drop(g)
 	var b backoff
 	for {
-		select {
-		case <-done:
+		h.mu.Lock()
+		done := g.retired || len(g.subs) == 0
+		index := g.index
+		h.mu.Unlock()
+		if done {
 			return
-		default:
 		}
-		pair, meta, err := c.c.KV().Get(key, c.query(ctx, api.QueryOptions{
-			WaitIndex:         index,
-			RequireConsistent: true,
+		pairs, meta, err := h.conn.c.KV().List(g.prefix, h.conn.query(ctx, api.QueryOptions{
+			WaitIndex: index, WaitTime: watchWait, RequireConsistent: true,
 		}))
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
 			t := time.NewTimer(b.step())
-			select { // a released hold ends the watch at once, even here
+			select {
 			case <-t.C:
 			case <-ctx.Done():
-			case <-done:
 			}
 			t.Stop()
 			continue
-		case pair == nil:
-			lost("its key was deleted", false)
-			return
-		case pair.Session != session:
-			lost("its key is held by session "+pair.Session, false)
-			return
-		case strict && pair.ModifyIndex != token:
-			lost("its key was written to since it was taken", true)
-			return
 		}
-		index, b = nextIndex(index, meta.LastIndex), backoff{}
+		b = backoff{}
+		h.deliver(g, pairs, nextIndex(index, meta.LastIndex))
+		// A wide prefix answers with many keys: pace its queries so that
+		// a busy prefix does not become a loop of large lists.
+		if n := len(pairs); n > 100 {
+			if sleep(ctx, min(time.Duration(n)*10*time.Microsecond, 100*time.Millisecond)) != nil {
+				return
+			}
+		}
 	}
 }
 
-// renewEvery renews session, half a TTL before each local deadline, until
-// ctx ends. Each renewal is retried until expires, the local deadline, which
-// moves on with every renewal Consul confirms: renewed is called with the new
-// deadline. gone is called when Consul no longer knows the session; when the
-// deadline passes unconfirmed, renewEvery returns and the caller's timer
-// reports the loss.
-func renewEvery(ctx context.Context, c conn, session string, ttl time.Duration, expires time.Time, o Observer,
-	renewed func(expires time.Time), gone func()) {
-	for sleep(ctx, time.Until(expires.Add(-ttl/2))) == nil {
-		sent := time.Now()
-		switch err := renewSession(ctx, c, session, expires, o); {
-		case ctx.Err() != nil:
-			return
-		case err == errSessionGone:
-			gone()
-			return
-		case err != nil:
-			return
+// deliver records an answer of g's and tells each watcher whose view it
+// is as new as of a change of its key.
+func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
+	type told struct {
+		sub *subscription
+		st  keyState
+	}
+	var tell []told
+	h.mu.Lock()
+	if g.retired {
+		h.mu.Unlock()
+		return
+	}
+	g.index = index
+	g.last = make(map[string]keyState, len(pairs))
+	for _, p := range pairs {
+		g.last[p.Key] = keyState{exists: true, session: p.Session, index: p.ModifyIndex}
+	}
+	for sub := range g.subs {
+		if st := g.last[sub.key]; index >= sub.known && st != sub.last {
+			sub.last = st
+			tell = append(tell, told{sub, st})
 		}
-		expires = holdExpiry(sent, ttl)
-		renewed(expires)
+	}
+	h.mu.Unlock()
+	for _, t := range tell {
+		t.sub.changed(t.st)
+	}
+}
+
+// drop forgets a group whose query has ended, and the hub once it has none.
+func (h *hub) drop(g *watchGroup) {
+	g.cancel()
+	hubs.Lock()
+	defer hubs.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.groups, g)
+	if g.idle != nil {
+		g.idle.Stop()
+	}
+	if len(g.subs) > 0 && !g.retired { // still needed (its query failed for good): start over
+		subs := make([]*subscription, 0, len(g.subs))
+		for sub := range g.subs {
+			subs = append(subs, sub)
+		}
+		h.start(g.prefix, subs)
+		return
+	}
+	if len(h.groups) == 0 && hubs.m[h.conn] == h {
+		delete(hubs.m, h.conn)
 	}
 }

@@ -1,0 +1,153 @@
+package consullock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// attempt is one acquire of a set of keys, by any lock type: take them with
+// a live session, and, while one is held elsewhere, wait for it and take
+// again, until the deadline. It is the one place that decides what a failed
+// take means: a session Consul no longer knows is replaced, and a take that
+// may have applied although it failed, or that its caller abandoned, is
+// undone.
+type attempt struct {
+	conn     conn
+	keys     []string
+	value    func() []byte // called for each take: the value says when the key was taken
+	flags    uint64
+	deadline time.Time
+	timeout  time.Duration // the acquire timeout, for messages
+	obs      Observer
+
+	// session returns the live session to take the keys with.
+	session func(ctx context.Context) (*session, error)
+	// undo gives back what a take with s may have got of keys although
+	// it failed or was abandoned. It must not block: the acquire is
+	// bounded by its deadline.
+	undo func(s *session, keys []string)
+	// also returns operations to apply with the take, if any.
+	also func(s *session) api.KVTxnOps
+
+	// before, if set, runs before each take with s, and may wait (a fair
+	// queue's turn).
+	before func(ctx context.Context, s *session) error
+	// onFail, if set, runs when the acquire fails.
+	onFail func()
+
+	attempts int                  // writes that tried to take the keys
+	sent     time.Time            // when the last take was sent
+	last     *session             // the session of the last take
+	watches  map[string]*keyWatch // one per key found blocked
+}
+
+// contend takes every key, waiting while one is blocked. It returns the
+// session that took them and their tokens, or an error wrapping
+// ErrNotAcquired once the deadline passed while a key was held.
+func (a *attempt) contend(ctx context.Context) (*session, []uint64, error) {
+	for {
+		s, res, err := a.tryTake(ctx)
+		if err != nil || res.taken() {
+			return s, res.tokens, err
+		}
+		w := a.watch(a.keys[res.blocked])
+		switch err := w.wait(ctx, res.delayed); {
+		case errors.Is(err, errDeadline):
+			return nil, nil, notAcquiredError(w.holder, a.timeout)
+		case err != nil:
+			return nil, nil, err
+		}
+	}
+}
+
+// tryTake takes the keys once, with a live session, replacing a session
+// that Consul no longer knows.
+func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
+	for {
+		s, err := a.session(ctx)
+		if err != nil {
+			return nil, takeResult{}, err
+		}
+		a.last = s
+		if a.before != nil {
+			err := a.before(ctx, s)
+			if errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline) {
+				s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
+				continue
+			}
+			if err != nil {
+				return nil, takeResult{}, err
+			}
+		}
+		a.attempts++
+		a.sent = time.Now()
+		spec := takeSpec{keys: a.keys, value: a.value(), flags: a.flags, session: s.id}
+		if a.also != nil {
+			spec.also = a.also(s)
+		}
+		res, maybe, err := take(ctx, a.conn, spec, a.deadline, func([]uint64) { a.undo(s, a.keys) })
+		switch {
+		case errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline):
+			s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
+			continue
+		case err != nil:
+			if maybe {
+				a.undo(s, a.keys)
+			}
+			return nil, takeResult{}, err
+		}
+		return s, res, nil
+	}
+}
+
+// watch returns the keyWatch of key, made on first use.
+func (a *attempt) watch(key string) *keyWatch {
+	if a.watches == nil {
+		a.watches = map[string]*keyWatch{}
+	}
+	w := a.watches[key]
+	if w == nil {
+		w = &keyWatch{conn: a.conn, key: key, deadline: a.deadline, onHolder: contended(a.obs, key)}
+		a.watches[key] = w
+	}
+	return w
+}
+
+// notAcquiredError says who kept the key, when it is known.
+func notAcquiredError(holder *api.KVPair, timeout time.Duration) error {
+	if holder == nil {
+		return fmt.Errorf("%w: held by another session for the whole acquire timeout (%v)", ErrNotAcquired, timeout)
+	}
+	who := "session " + holder.Session
+	// Name the holder from a value in the default format only: a value of
+	// another shape may hold anything, and errors end up in logs.
+	if h, err := ParseHolder(holder.Value); err == nil && (h.Host != "" || h.PID != 0) {
+		who += fmt.Sprintf(" (host %.100q, pid %d, since %.40q)", h.Host, h.PID, h.LockedAt)
+	}
+	return fmt.Errorf("%w: held by %s for the whole acquire timeout (%v)", ErrNotAcquired, who, timeout)
+}
+
+// contended returns the keyWatch hook that tells o of a holder, or nil.
+func contended(o Observer, key string) func(string) {
+	if o == nil {
+		return nil
+	}
+	return func(holder string) { o.Contended(ContendEvent{Key: key, Holder: holder}) }
+}
+
+// waitBounded waits for done until ctx ends or the deadline passes, for
+// clean-up that should finish within an acquire's bounds when it can, and
+// otherwise goes on in the background.
+func waitBounded(ctx context.Context, done <-chan struct{}, deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
