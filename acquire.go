@@ -27,8 +27,8 @@ type attempt struct {
 	// session returns the live session to take the keys with.
 	session func(ctx context.Context) (*session, error)
 	// undo gives back what a take with s may have got of keys although
-	// it failed or was abandoned. It must not block: the acquire is
-	// bounded by its deadline.
+	// it failed or was abandoned. It runs from pending, with the local
+	// turns of the keys still held, so it may block (for a bounded time).
 	undo func(s *session, keys []string)
 	// also returns operations to apply with the take, if any.
 	also func(s *session) api.KVTxnOps
@@ -38,6 +38,12 @@ type attempt struct {
 	before func(ctx context.Context, s *session) error
 	// onFail, if set, runs when the acquire fails.
 	onFail func()
+
+	// pending, once an acquire failed, waits until its last take's fate
+	// is known and undoes it if it may have applied: a take in flight
+	// keeps the keys' local turns until then, so that it cannot land on a
+	// key that the next local holder took with the same session.
+	pending func()
 
 	attempts int                  // writes that tried to take the keys
 	sent     time.Time            // when the last take was sent
@@ -89,14 +95,18 @@ func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
 		if a.also != nil {
 			spec.also = a.also(s)
 		}
-		res, maybe, err := take(ctx, a.conn, spec, a.deadline, func([]uint64) { a.undo(s, a.keys) })
+		res, d, err := take(ctx, a.conn, spec, a.deadline)
 		switch {
 		case errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline):
 			s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
 			continue
 		case err != nil:
-			if maybe {
-				a.undo(s, a.keys)
+			if !d.none() {
+				a.pending = func() {
+					if d.applied() {
+						a.undo(s, a.keys)
+					}
+				}
 			}
 			return nil, takeResult{}, err
 		}

@@ -17,21 +17,24 @@ import (
 // applied, and it is worth trying again.
 var errWriteTimedOut = errors.New("Consul did not answer the write in time")
 
+// late is the outcome of a write that its caller abandoned, once Consul
+// answers it.
+type late[T any] struct {
+	v   T
+	err error
+}
+
 // writeDetached runs write with a context that ctx's cancellation does not
 // reach (bounded by cleanupTimeout), and returns its result, or ctx's cause
-// as soon as ctx ends first. In that case undo, if not nil, runs in the
-// background on the result of a write that turns out to have succeeded. A
-// ctx already ended sends nothing.
-func writeDetached[T any](ctx context.Context, write func(context.Context) (T, error), undo func(T)) (T, error) {
+// as soon as ctx ends first. In that case the returned channel delivers the
+// write's outcome once it is known, so that the caller's clean-up can wait
+// for it and undo a write that succeeded. A ctx already ended sends nothing.
+func writeDetached[T any](ctx context.Context, write func(context.Context) (T, error)) (T, <-chan late[T], error) {
 	var zero T
 	if ctx.Err() != nil {
-		return zero, context.Cause(ctx)
+		return zero, nil, context.Cause(ctx)
 	}
-	type outcome struct {
-		v   T
-		err error
-	}
-	done := make(chan outcome, 1)
+	done := make(chan late[T], 1)
 	wctx, cancel := detached(ctx)
 	go func() {
 		defer cancel()
@@ -39,18 +42,13 @@ func writeDetached[T any](ctx context.Context, write func(context.Context) (T, e
 		if err != nil && wctx.Err() != nil {
 			err = errWriteTimedOut
 		}
-		done <- outcome{v, err}
+		done <- late[T]{v, err}
 	}()
 	select {
 	case o := <-done:
-		return o.v, o.err
+		return o.v, nil, o.err
 	case <-ctx.Done():
-		go func() {
-			if o := <-done; o.err == nil && undo != nil {
-				undo(o.v)
-			}
-		}()
-		return zero, context.Cause(ctx)
+		return zero, done, context.Cause(ctx)
 	}
 }
 

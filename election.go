@@ -135,4 +135,3 @@ func (e *Election) Observe(ctx context.Context) iter.Seq2[Leader, error] {
 		}
 	}
 }
-

@@ -107,7 +107,7 @@ func (h *held) seen(st keyState) {
 	case st.session != h.sess.id:
 		h.fail(h.lossf("its key is held by session %s", st.session), false)
 	default:
-		h.fail(h.lossf("its key was written to since it was taken"), true)
+		h.fail(h.lossf("its key was written to (at index %d) since it was taken", st.index), true)
 	}
 }
 

@@ -89,11 +89,21 @@ func (lk *Locker) acquire(ctx context.Context, a *attempt) ([]*Lease, error) {
 		if a.onFail != nil {
 			a.onFail()
 		}
-		for i, slot := range slots {
-			if slot != nil {
-				lk.leave(a.keys[i], slot, true)
+		leave := func() {
+			for i, slot := range slots {
+				if slot != nil {
+					lk.leave(a.keys[i], slot, true)
+				}
 			}
 		}
+		if a.pending == nil {
+			leave()
+			return
+		}
+		go func() { // the turns go with the take in doubt
+			a.pending()
+			leave()
+		}()
 	}
 	for _, i := range sortedOrder(a.keys) {
 		slot, err := lk.takeTurn(ctx, a.keys[i], a.deadline)
@@ -254,27 +264,20 @@ func (lk *Locker) createTurn(ctx context.Context, deadline time.Time) error {
 	}
 }
 
-// undoTake gives back, in the background, keys that a take with s may have
-// got although it failed or was abandoned. A key is deleted only with its
-// local turn in hand, and only if s holds it: then no lease of the Locker
-// has it (a lease that took it meanwhile has given it back, or was lost
-// when the late take wrote over it, and gave it back itself). A key that
-// cannot be given back ends the session, whose destruction frees it.
+// undoTake gives back keys that a take with s may have got although it
+// failed or was abandoned. It runs with the keys' local turns held, so a key
+// that s holds is no lease's: a late take cannot have landed on a later
+// holder's. A key that cannot be given back ends the session, whose
+// destruction frees it.
 func (lk *Locker) undoTake(s *session, keys []string) {
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*cleanupTimeout)
-		defer cancel()
-		for _, key := range keys {
-			slot, err := lk.takeTurn(ctx, key, time.Now().Add(cleanupTimeout))
-			if err != nil {
-				continue // a closed Locker, or a lease holds the key: either gives it back
-			}
-			if err := deleteIfHeld(ctx, lk.conn, key, s.id); err != nil {
-				s.abandon(fmt.Errorf("%w: could not give back %q after a failed acquire: %w", ErrLockLost, key, err))
-			}
-			lk.leave(key, slot, true)
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	for _, key := range keys {
+		if err := deleteIfHeld(ctx, lk.conn, key, s.id); err != nil {
+			s.abandon(fmt.Errorf("%w: could not give back %q after a failed acquire: %w", ErrLockLost, key, err))
+			return
 		}
-	}()
+	}
 }
 
 // keysName names a set of keys in messages.

@@ -379,7 +379,7 @@ func TestLockerLocalHandoffs(t *testing.T) {
 				// In Consul, the key is this lease's, as its token says.
 				pair, _, err := c.KV().Get("locks/ephemeral/k", &api.QueryOptions{RequireConsistent: true})
 				if err != nil || pair == nil || pair.Session != l.Session() || pair.ModifyIndex != l.Token() {
-					t.Errorf("inside the lease with token %d the key is %+v (%v)", l.Token(), pair, err)
+					t.Errorf("inside the lease with token %d the key is %+v (%v); lease err %v", l.Token(), pair, err, l.Err())
 				}
 				mu.Lock()
 				tokens = append(tokens, l.Token())

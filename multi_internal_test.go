@@ -88,7 +88,7 @@ func TestLateTakeEndsTheLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The abandoned write lands now: the same session takes the key again.
-	res, _, err := take(ctx, lk.conn, takeSpec{keys: []string{lease.Key()}, session: lease.Session()}, time.Now().Add(5*time.Second), nil)
+	res, _, err := take(ctx, lk.conn, takeSpec{keys: []string{lease.Key()}, session: lease.Session()}, time.Now().Add(5*time.Second))
 	if err != nil || !res.taken() {
 		t.Fatalf("late take: %+v, %v", res, err)
 	}
@@ -104,45 +104,4 @@ func TestLateTakeEndsTheLease(t *testing.T) {
 		pair, _, err := c.KV().Get(lease.Key(), &api.QueryOptions{RequireConsistent: true})
 		return err == nil && pair == nil
 	})
-}
-
-// The undo of a take that may have applied waits for the key's local turn:
-// while a lease of the Locker holds the key, the key is the lease's, and the
-// undo deletes nothing under it.
-func TestUndoWaitsForTheTurn(t *testing.T) {
-	t.Parallel()
-	c := consultest.Client(t)
-	ctx := context.Background()
-	lk, err := NewLocker(WithClient(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lk.Close(ctx)
-	lease, err := lk.Acquire(ctx, t.Name()+"/k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lk.undoTake(lease.h.sess, []string{lease.Key()})
-	consultest.Eventually(t, 5*time.Second, "the undo waits for the turn", func() bool {
-		lk.mu.Lock()
-		defer lk.mu.Unlock()
-		return lk.slots[lease.Key()] != nil && lk.slots[lease.Key()].refs == 2
-	})
-	if pair, _, err := c.KV().Get(lease.Key(), &api.QueryOptions{RequireConsistent: true}); err != nil || pair == nil || pair.Session != lease.Session() {
-		t.Fatalf("the key was given back under a lease that holds it: %+v, %v", pair, err)
-	}
-	if err := lease.Err(); err != nil {
-		t.Fatalf("the lease was lost while the undo waited: %v", err)
-	}
-	if err := lease.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	consultest.Eventually(t, 15*time.Second, "the undo done once the lease was released", func() bool {
-		lk.mu.Lock()
-		defer lk.mu.Unlock()
-		return lk.slots[lease.Key()] == nil
-	})
-	if pair, _, _ := c.KV().Get(lease.Key(), &api.QueryOptions{RequireConsistent: true}); pair != nil {
-		t.Fatalf("key left after the release and the undo: %+v", pair)
-	}
 }

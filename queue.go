@@ -26,10 +26,10 @@ var errLeftQueue = errors.New("the contender key left the queue")
 
 // fairQueue is one waiter's place in the queue of a key.
 type fairQueue struct {
-	lk  *Locker
-	a   *attempt
-	me  string   // the contender key, once enqueued
-	by  *session // the session that holds it
+	lk *Locker
+	a  *attempt
+	me string   // the contender key, once enqueued
+	by *session // the session that holds it
 }
 
 // queue makes a's takes wait for their turn in the key's queue, and leave
@@ -71,12 +71,15 @@ func (q *fairQueue) head(ctx context.Context, s *session) error {
 
 func (q *fairQueue) enqueue(ctx context.Context, s *session) error {
 	me := queuePrefix(q.a.keys[0]) + s.id + "-" + nonce()
-	undo := func() { go q.lk.giveBackContender(me, s) }
-	res, maybe, err := take(ctx, q.lk.conn, takeSpec{keys: []string{me}, session: s.id}, q.a.deadline, func([]uint64) { undo() })
+	res, d, err := take(ctx, q.lk.conn, takeSpec{keys: []string{me}, session: s.id}, q.a.deadline)
 	switch {
 	case err != nil:
-		if maybe {
-			undo()
+		if !d.none() {
+			go func() {
+				if d.applied() {
+					q.lk.giveBackContender(me, s)
+				}
+			}()
 		}
 		return fmt.Errorf("enqueue: %w", err)
 	case !res.taken():

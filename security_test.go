@@ -86,6 +86,22 @@ session_prefix "" { policy = "write" }`)
 			t.Errorf("%s: Acquire = %v, want ErrPermissionDenied naming %s", tc.name, err, tc.missing)
 		}
 	}
+	// An observer whose token may not read the key gets the refusal once,
+	// instead of retrying it for ever.
+	e, err := consullock.NewElection(lockName(t, "leader"), consullock.WithClient(anon))
+	if err != nil {
+		t.Fatal(err)
+	}
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var observed []error
+	for _, err := range e.Observe(octx) {
+		observed = append(observed, err)
+	}
+	if octx.Err() != nil || len(observed) != 1 || !errors.Is(observed[0], consullock.ErrPermissionDenied) {
+		t.Errorf("Observe without read permission yielded %v (context %v), want one ErrPermissionDenied, then the end", observed, octx.Err())
+	}
+
 	sessions, _, err := admin.Session().List(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -175,6 +175,12 @@ func (sem *Semaphore) takeFree(ctx context.Context, held map[string]string, dead
 		s, res, err := a.tryTake(ctx)
 		*attempts += a.attempts
 		switch {
+		case err != nil && a.pending != nil:
+			go func() { // the turn goes with the take in doubt
+				a.pending()
+				lk.leave(key, slot, true)
+			}()
+			return nil, false, err
 		case err != nil:
 			lk.leave(key, slot, true)
 			return nil, false, err

@@ -319,11 +319,17 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 		}
 		return out.ID, nil
 	}
-	return writeDetached(ctx, create, func(id string) {
-		dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		defer cancel()
-		destroySession(dctx, c, id)
-	})
+	id, abandoned, err := writeDetached(ctx, create)
+	if abandoned != nil {
+		go func() {
+			if o := <-abandoned; o.err == nil {
+				dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+				defer cancel()
+				destroySession(dctx, c, o.v)
+			}
+		}()
+	}
+	return id, err
 }
 
 // destroyStrays destroys the sessions named name other than keep: creates

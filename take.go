@@ -29,58 +29,74 @@ type takeResult struct {
 
 func (r takeResult) taken() bool { return r.tokens != nil }
 
+// doubt is what a failed take leaves unknown: whether it applied.
+type doubt struct {
+	maybe bool        // the failure may hide a take that applied
+	late  <-chan bool // a take abandoned in flight: whether it applied, once Consul answers
+}
+
+// applied waits until the fate of the take is known, at most cleanupTimeout,
+// and reports whether it may have applied.
+func (d doubt) applied() bool {
+	if d.late != nil && <-d.late {
+		return true
+	}
+	return d.maybe
+}
+
+func (d doubt) none() bool { return !d.maybe && d.late == nil }
+
 // take tries once to take the keys of t, retrying passing failures until
 // deadline. Retrying is safe: a session may take a key it already holds.
 //
 // The error wraps errSessionInvalid, ErrPermissionDenied, ErrConsul, or
-// ctx's cause. maybe reports a failure that may hide a take that applied.
-// When ctx ends while the write is in flight, take returns at once, and
-// abandoned is called later with the tokens of the write if it applied
-// after all (see writeDetached).
-func take(ctx context.Context, c conn, t takeSpec, deadline time.Time, abandoned func([]uint64)) (res takeResult, maybe bool, err error) {
+// ctx's cause. When ctx ends while the write is in flight, take returns at
+// once; the doubt of a failed take tells whether it may have applied all
+// the same.
+func take(ctx context.Context, c conn, t takeSpec, deadline time.Time) (res takeResult, d doubt, err error) {
 	ops := make(api.KVTxnOps, 0, len(t.keys)+len(t.also))
 	for _, k := range t.keys {
 		ops = append(ops, &api.KVTxnOp{Verb: api.KVLock, Key: k, Value: t.value, Flags: t.flags, Session: t.session})
 	}
 	ops = append(ops, t.also...)
-	tokensOf := func(resp *api.KVTxnResponse) []uint64 {
-		tokens := make([]uint64, len(t.keys))
-		for i := range tokens {
-			tokens[i] = resp.Results[i].ModifyIndex
-		}
-		return tokens
+	type answer struct {
+		ok   bool
+		resp *api.KVTxnResponse
 	}
 	err = retry(ctx, deadline, func() error {
-		type answer struct {
-			ok   bool
-			resp *api.KVTxnResponse
-		}
-		a, err := writeDetached(ctx, func(ctx context.Context) (answer, error) {
+		a, abandoned, err := writeDetached(ctx, func(ctx context.Context) (answer, error) {
 			ok, resp, err := kvTxn(ctx, c, ops)
 			if err == nil && ok && len(resp.Results) < len(t.keys) {
 				err = fmt.Errorf("%w: Consul's answer has %d results for %d keys", ErrConsul, len(resp.Results), len(t.keys))
 			}
 			return answer{ok, resp}, err
-		}, func(a answer) {
-			if a.ok && abandoned != nil {
-				abandoned(tokensOf(a.resp))
-			}
 		})
+		if abandoned != nil {
+			applied := make(chan bool, 1)
+			go func() {
+				o := <-abandoned
+				applied <- o.err == nil && o.v.ok || o.err != nil && !unapplied(o.err)
+			}()
+			d.late = applied
+		}
 		if err != nil {
-			maybe = maybe || (ctx.Err() == nil && !unapplied(err))
+			d.maybe = d.maybe || (abandoned == nil && !unapplied(err))
 			return err
 		}
 		if a.ok {
-			res = takeResult{tokens: tokensOf(a.resp)}
+			res = takeResult{tokens: make([]uint64, len(t.keys))}
+			for i := range res.tokens {
+				res.tokens[i] = a.resp.Results[i].ModifyIndex
+			}
 			return nil
 		}
 		res, err = refusal(a.resp)
 		return err
 	})
 	if err != nil {
-		return takeResult{}, maybe, fmt.Errorf("take: %w", consulError(err))
+		return takeResult{}, d, fmt.Errorf("take: %w", consulError(err))
 	}
-	return res, false, nil
+	return res, doubt{}, nil
 }
 
 // refusal reads a rolled-back take: a key held elsewhere or kept by a lock

@@ -117,3 +117,102 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("session TTL %q behavior %q, want 20s and delete", info.TTL, info.Behavior)
 	}
 }
+
+// Every option applies to what it is given to, or is refused with
+// ErrInvalidOption naming it: none is silently ignored.
+func TestOptionsApplyOrAreRefused(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	name := lockName(t, "k")
+	lock := func(opts ...consullock.Option) error {
+		_, err := consullock.NewEphemeralLock(name, append(opts, consullock.WithClient(c))...)
+		return err
+	}
+	locker := func(opts ...consullock.Option) error {
+		_, err := consullock.NewLocker(append(opts, consullock.WithClient(c))...)
+		return err
+	}
+	election := func(opts ...consullock.Option) error {
+		_, err := consullock.NewElection(name, append(opts, consullock.WithClient(c))...)
+		return err
+	}
+	for _, tc := range []struct {
+		what    string
+		err     error
+		mention string
+	}{
+		{"WithSessionTTL on NewEphemeralLock", lock(consullock.WithSessionTTL(20 * time.Second)), "WithSessionTTL does not apply to NewEphemeralLock"},
+		{"WithFairQueueing on NewEphemeralLock", lock(consullock.WithFairQueueing()), "WithFairQueueing does not apply"},
+		{"WithReentrancy on NewEphemeralLock", lock(consullock.WithReentrancy()), "WithReentrancy does not apply"},
+		{"WithSessionTTL on NewElection", election(consullock.WithSessionTTL(20 * time.Second)), "WithSessionTTL does not apply to NewElection"},
+		{"WithAcquireTimeout on NewElection", election(consullock.WithAcquireTimeout(time.Second)), "WithAcquireTimeout does not apply to NewElection"},
+		{"WithValue on NewElection", election(consullock.WithValue(nil)), "WithValue does not apply to NewElection"},
+		{"WithRenewal and WithLockTimeout on NewLocker", locker(consullock.WithRenewal(), consullock.WithLockTimeout(time.Minute)), "WithLockTimeout with WithRenewal"},
+		{"a zero Option", locker(consullock.Option{}), "zero Option"},
+	} {
+		if !errors.Is(tc.err, consullock.ErrInvalidOption) || !strings.Contains(tc.err.Error(), tc.mention) {
+			t.Errorf("%s: %v, want ErrInvalidOption naming %q", tc.what, tc.err, tc.mention)
+		}
+	}
+
+	fair := newLocker(t, c, consullock.WithFairQueueing())
+	if _, err := fair.AcquireAll(t.Context(), lockName(t, "a"), lockName(t, "b")); !errors.Is(err, consullock.ErrInvalidOption) {
+		t.Errorf("AcquireAll on a fair Locker: %v, want ErrInvalidOption", err)
+	}
+	if _, err := fair.Semaphore(lockName(t, "sem"), 2); !errors.Is(err, consullock.ErrInvalidOption) {
+		t.Errorf("Semaphore on a fair Locker: %v, want ErrInvalidOption", err)
+	}
+	assertNothingWritten(t, c, "locks/ephemeral/"+lockName(t, ""))
+
+	// WithValue applies to a Semaphore's slots as to the Locker's locks.
+	valued := newLocker(t, c, consullock.WithValue(func() []byte { return []byte("encoder-7") }))
+	sem, err := valued.Semaphore(lockName(t, "sem"), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, err := sem.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Release(t.Context())
+	pair, _, err := c.KV().Get(lease.Key(), nil)
+	if err != nil || pair == nil || string(pair.Value) != "encoder-7" {
+		t.Fatalf("semaphore slot %+v (%v), want the Locker's value", pair, err)
+	}
+}
+
+// WithRenewal on a Locker lifts its leases' maximum lifespan: a renewed
+// lease outlives LockTimeout, which ends a lease of a Locker without it.
+// Not parallel while it sets Defaults.LockTimeout to build its Lockers.
+func TestLockerWithRenewalHasNoMaximumLifespan(t *testing.T) {
+	c := consultest.Client(t)
+	saved := consullock.Defaults
+	consullock.Defaults.LockTimeout = consullock.MinLockTimeout
+	renewed := newLocker(t, c, consullock.WithRenewal())
+	bounded := newLocker(t, c)
+	consullock.Defaults = saved
+	t.Parallel()
+	ctx := t.Context()
+	r, err := renewed.Acquire(ctx, lockName(t, "renewed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bounded.Acquire(ctx, lockName(t, "bounded"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.Lost():
+	case <-time.After(consullock.MinLockTimeout + 2*time.Second):
+		t.Fatal("a lease without renewal outlived its LockTimeout")
+	}
+	if err := r.Err(); err != nil {
+		t.Fatalf("the renewed lease was lost at the LockTimeout: %v", err)
+	}
+	if holderSession(t, c, r.Key()) != r.Session() {
+		t.Fatal("the renewed lease's key is no longer held")
+	}
+	if err := r.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -6,9 +6,11 @@ package consultest
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -21,15 +23,22 @@ import (
 )
 
 var (
-	shared  *consulagent.Agent
 	binOnce sync.Once
 	bin     string
 	binErr  error
+
+	sharedOnce sync.Once
+	shared     *consulagent.Agent
+	sharedErr  error
+	sharedDir  string
 )
 
-// Main starts the shared dev agent, runs the package's tests, and then fails
-// the run if the tests left a Consul session, a key or a goroutine behind.
-// Use it as the package's TestMain.
+// Main runs the package's tests and then fails the run if they left a
+// Consul session, a key or a goroutine behind. Use it as the package's
+// TestMain. The shared dev agent is started by the first test that asks
+// for it (and before the tests when examples will run, since they find it
+// through CONSUL_HTTP_ADDR as a user's code would): tests of pure logic
+// run without Consul, and without building it.
 func Main(m *testing.M) {
 	os.Exit(Run(m))
 }
@@ -45,27 +54,27 @@ func Run(m *testing.M) int {
 		return fail("temp dir: %v", err)
 	}
 	defer os.RemoveAll(dir)
-	ctx := context.Background()
-	b, err := binary()
-	if err != nil {
-		return fail("no Consul binary: %v", err)
+	sharedDir = dir
+	defer func() {
+		if shared != nil {
+			shared.Stop() // also on the early returns; Stop is idempotent
+		}
+	}()
+	if examplesWillRun() {
+		if err := startShared(); err != nil {
+			return fail("cannot start a Consul dev agent: %v", err)
+		}
 	}
-	shared, err = consulagent.Start(ctx, consulagent.Options{Bin: b, Dir: filepath.Join(dir, "shared"), Name: "shared", Dev: true})
-	if err != nil {
-		return fail("cannot start a Consul dev agent: %v", err)
-	}
-	defer shared.Stop() // also on the early returns; Stop is idempotent
-	// Code written as a user would, such as the runnable examples, finds the
-	// agent where api.DefaultConfig looks.
-	os.Setenv("CONSUL_HTTP_ADDR", shared.HTTPAddr())
 	code := m.Run()
 	if code != 0 {
 		return code
 	}
-	if err := checkClean(ctx); err != nil {
-		return fail("%v", err)
+	if shared != nil {
+		if err := checkClean(context.Background()); err != nil {
+			return fail("%v", err)
+		}
+		shared.Stop() // its process's waiter goroutine must end before the leak check
 	}
-	shared.Stop() // its process's waiter goroutine must end before the leak check
 	// Pooled HTTP clients such as api.DefaultConfig's keep idle connections,
 	// with their two goroutines, for reuse; that is not a leak of ours.
 	if err := goleak.Find(
@@ -75,6 +84,41 @@ func Run(m *testing.M) int {
 		return fail("goroutines left behind: %v", err)
 	}
 	return 0
+}
+
+// examplesWillRun reports whether the -run pattern (none runs everything)
+// selects examples.
+func examplesWillRun() bool {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	f := flag.Lookup("test.run")
+	if f == nil || f.Value.String() == "" {
+		return true
+	}
+	re, err := regexp.Compile(strings.SplitN(f.Value.String(), "/", 2)[0])
+	return err != nil || re.MatchString("Example")
+}
+
+// startShared starts the shared dev agent, once.
+func startShared() error {
+	sharedOnce.Do(func() {
+		b, err := binary()
+		if err != nil {
+			sharedErr = fmt.Errorf("no Consul binary: %w", err)
+			return
+		}
+		a, err := consulagent.Start(context.Background(), consulagent.Options{Bin: b, Dir: filepath.Join(sharedDir, "shared"), Name: "shared", Dev: true})
+		if err != nil {
+			sharedErr = err
+			return
+		}
+		shared = a
+		// Code written as a user would, such as the runnable examples, finds
+		// the agent where api.DefaultConfig looks.
+		os.Setenv("CONSUL_HTTP_ADDR", a.HTTPAddr())
+	})
+	return sharedErr
 }
 
 func fuzzWorker() bool {
@@ -127,11 +171,15 @@ func checkClean(ctx context.Context) error {
 }
 
 // Client returns a client of the shared dev agent whose idle connections are
-// closed when the test ends.
+// closed when the test ends. It starts the agent if it is not running yet,
+// and fails the test with the reason when it cannot.
 func Client(tb testing.TB) *api.Client {
 	tb.Helper()
-	if shared == nil {
+	if sharedDir == "" {
 		tb.Fatal("consultest: no shared Consul agent: call consultest.Main from TestMain")
+	}
+	if err := startShared(); err != nil {
+		tb.Fatalf("consultest: cannot start the shared Consul dev agent: %v", err)
 	}
 	return client(tb, shared)
 }

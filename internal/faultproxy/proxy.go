@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 )
@@ -29,9 +30,10 @@ const (
 	Status429                // answered "429 Too Many Requests", as a rate-limited agent does
 	ResetBefore              // the connection reset before forwarding
 	ResetAfter               // a write forwarded, then the connection reset before the answer
+	Slow                     // forwarded after the delay set by SetSlow
 )
 
-var faultNames = [...]string{"pass", "500", "429", "reset-before", "reset-after"}
+var faultNames = [...]string{"pass", "500", "429", "reset-before", "reset-after", "slow"}
 
 func (f Fault) String() string { return faultNames[f] }
 
@@ -47,8 +49,11 @@ type Proxy struct {
 	rate     float64
 	kinds    []Fault
 	latency  time.Duration
+	slow     time.Duration
 	counts   map[Fault]int
 	blocking int
+	rule     func(*http.Request) (Fault, bool)
+	paths    map[string]int // requests by method and path
 }
 
 // Start listens on a free loopback port and forwards to the agent at
@@ -59,7 +64,7 @@ func Start(target string) (*Proxy, error) {
 		return nil, err
 	}
 	u := &url.URL{Scheme: "http", Host: target}
-	p := &Proxy{ln: ln, target: target, transport: &http.Transport{}, counts: map[Fault]int{}}
+	p := &Proxy{ln: ln, target: target, transport: &http.Transport{}, counts: map[Fault]int{}, paths: map[string]int{}}
 	p.forward = httputil.NewSingleHostReverseProxy(u)
 	p.forward.Transport = p.transport
 	p.forward.FlushInterval = -1
@@ -79,6 +84,35 @@ func (p *Proxy) SetFaults(rate float64, kinds ...Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rate, p.kinds = rate, kinds
+}
+
+// SetRule decides the fault of each request before the random draw: when
+// rule returns true, its fault is the request's. A nil rule removes it.
+func (p *Proxy) SetRule(rule func(r *http.Request) (Fault, bool)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rule = rule
+}
+
+// Requests returns how many requests with method whose path starts with
+// prefix reached the proxy so far.
+func (p *Proxy) Requests(method, prefix string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for k, v := range p.paths {
+		if strings.HasPrefix(k, method+" "+prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// SetSlow sets how long the Slow fault holds a request before forwarding it.
+func (p *Proxy) SetSlow(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.slow = d
 }
 
 // SetLatency delays every request by d before anything else happens to it.
@@ -107,10 +141,27 @@ func (p *Proxy) Close() error {
 }
 
 func (p *Proxy) draw(r *http.Request) (Fault, time.Duration) {
+	f, latency := p.drawFault(r)
+	if f == Slow {
+		p.mu.Lock()
+		latency += p.slow
+		p.mu.Unlock()
+	}
+	return f, latency
+}
+
+func (p *Proxy) drawFault(r *http.Request) (Fault, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.paths[r.Method+" "+r.URL.Path]++
 	f := Pass
-	if len(p.kinds) > 0 && rand.Float64() < p.rate {
+	ruled := false
+	if p.rule != nil {
+		if rf, ok := p.rule(r); ok {
+			f, ruled = rf, true
+		}
+	}
+	if !ruled && len(p.kinds) > 0 && rand.Float64() < p.rate {
 		f = p.kinds[rand.IntN(len(p.kinds))]
 	}
 	if f == ResetAfter && r.Method == http.MethodGet {
@@ -141,7 +192,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch fault {
-	case Pass:
+	case Pass, Slow:
 		p.forward.ServeHTTP(w, r)
 	case Status500:
 		http.Error(w, "No cluster leader", http.StatusInternalServerError)

@@ -1,0 +1,341 @@
+package consullock
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// The fast tier: pure logic, tested without Consul, in seconds:
+//
+//	go test -run '^TestUnit' ./...
+
+func TestUnitClassify(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		want failure
+	}{
+		{api.StatusError{Code: 500, Body: "No cluster leader"}, failPassing},
+		{api.StatusError{Code: 429, Body: "Too Many Requests"}, failPassing},
+		{api.StatusError{Code: 503}, failPassing},
+		{api.StatusError{Code: 403, Body: "Permission denied: token lacks key:write"}, failDenied},
+		{api.StatusError{Code: 400, Body: "bad request"}, failPermanent},
+		{errors.New("Unexpected response code: 500 (No cluster leader)"), failPassing},
+		{fmt.Errorf("%w: Unexpected response code: 429 (rate limited)", ErrConsul), failPassing},
+		{errors.New("Unexpected response code: 403 (ACL not found)"), failDenied},
+		{errors.New("rpc error making call: No cluster leader"), failPassing},
+		{errors.New(`invalid session "3f1e"`), failSession},
+		{errors.New("Permission denied"), failDenied},
+		{&url.Error{Op: "Put", URL: "http://a", Err: syscall.ECONNREFUSED}, failPassing},
+		{&url.Error{Op: "Put", URL: "https://a", Err: x509.UnknownAuthorityError{}}, failPermanent},
+		{&url.Error{Op: "Put", URL: "http://a", Err: &net.DNSError{Err: "no such host", IsNotFound: true}}, failPermanent},
+		{&url.Error{Op: "Put", URL: "ftp://a", Err: errors.New("unsupported protocol scheme")}, failPermanent},
+		{io.ErrUnexpectedEOF, failPassing},
+		{errWriteTimedOut, failPassing},
+		{context.Canceled, failCancelled},
+		{fmt.Errorf("take: %w", context.DeadlineExceeded), failCancelled},
+		{errors.New("something else"), failPermanent},
+	} {
+		if got := classify(tc.err); got != tc.want {
+			t.Errorf("classify(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestUnitTxnOutcomes(t *testing.T) {
+	t.Parallel()
+	for what, want := range map[string]txnOutcome{
+		`failed to lock key "k", lock is already held`:                 txnHeld,
+		`failed to lock key "k" due to lock delay`:                     txnLockDelay,
+		`invalid session "3f1e"`:                                       txnNoSession,
+		`Permission denied: token with AccessorID 'x' lacks key:write`: txnDenied,
+		`failed index check for key "k", current modify index 7 != 6`:  txnCheckFailed,
+		`failed session check for key "k", current session "a" != "b"`: txnCheckFailed,
+		`failed to check index, key "k" doesn't exist`:                 txnCheckFailed,
+		`something Consul says that consullock does not know`:          txnFailed,
+	} {
+		if got := classifyTxnError(what); got != want {
+			t.Errorf("classifyTxnError(%q) = %d, want %d", what, got, want)
+		}
+	}
+}
+
+func TestUnitRefusal(t *testing.T) {
+	t.Parallel()
+	res, err := refusal(&api.KVTxnResponse{Errors: api.TxnErrors{{OpIndex: 1, What: `failed to lock key "b", lock is already held`}}})
+	if err != nil || res.taken() || res.blocked != 1 || res.delayed {
+		t.Errorf("held: %+v, %v", res, err)
+	}
+	res, err = refusal(&api.KVTxnResponse{Errors: api.TxnErrors{
+		{OpIndex: 0, What: `failed to lock key "a", lock is already held`},
+		{OpIndex: 2, What: `failed to lock key "c" due to lock delay`},
+	}})
+	if err != nil || res.blocked != 2 || !res.delayed {
+		t.Errorf("a lock delay among the refusals is what the wait must poll out: %+v, %v", res, err)
+	}
+	if _, err := refusal(&api.KVTxnResponse{Errors: api.TxnErrors{{What: `invalid session "x"`}}}); !errors.Is(err, errSessionInvalid) {
+		t.Errorf("invalid session: %v", err)
+	}
+	if _, err := refusal(&api.KVTxnResponse{Errors: api.TxnErrors{{What: "Permission denied"}}}); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("denied: %v", err)
+	}
+	if _, err := refusal(&api.KVTxnResponse{}); !errors.Is(err, ErrConsul) {
+		t.Errorf("no reason: %v", err)
+	}
+}
+
+func TestUnitUnapplied(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, true},
+		{api.StatusError{Code: 429}, true},
+		{api.StatusError{Code: 500, Body: "No cluster leader"}, true},
+		{api.StatusError{Code: 500, Body: "leadership lost while committing log"}, false},
+		{&url.Error{Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, true},
+		{&url.Error{Err: &net.OpError{Op: "read", Err: syscall.ECONNRESET}}, false},
+		{errWriteTimedOut, false},
+	} {
+		if got := unapplied(tc.err); got != tc.want {
+			t.Errorf("unapplied(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestUnitConsulErrorWrapsSentinels(t *testing.T) {
+	t.Parallel()
+	if err := consulError(api.StatusError{Code: 403, Body: "Permission denied: lacks session:write"}); !errors.Is(err, ErrPermissionDenied) || !strings.Contains(err.Error(), "session:write") {
+		t.Errorf("403: %v", err)
+	}
+	if err := consulError(api.StatusError{Code: 429, Body: "Too Many Requests"}); !errors.Is(err, ErrConsul) || !strings.Contains(err.Error(), "http_max_conns_per_client") {
+		t.Errorf("429 must name the per-client connection limit: %v", err)
+	}
+	if err := consulError(errors.New(`invalid session "x"`)); !errors.Is(err, errSessionInvalid) {
+		t.Errorf("invalid session: %v", err)
+	}
+	if err := consulError(context.Canceled); !errors.Is(err, context.Canceled) || errors.Is(err, ErrConsul) {
+		t.Errorf("cancellation is the context's: %v", err)
+	}
+	once := consulError(errors.New("boom"))
+	if twice := consulError(once); twice != once {
+		t.Errorf("wrapped twice: %v", twice)
+	}
+}
+
+func TestUnitOpErrorNamesThePackageOnce(t *testing.T) {
+	t.Parallel()
+	inner := wrapOp("take", "k", fmt.Errorf("%w: detail", ErrNotAcquired))
+	outer := wrapOp("acquire", "k", inner)
+	if outer != inner || outer.Error() != `consullock: take "k": lock not acquired: detail` || !errors.Is(outer, ErrNotAcquired) {
+		t.Errorf("wrapOp twice: %v", outer)
+	}
+	if wrapOp("x", "", nil) != nil {
+		t.Error("wrapOp of nil is not nil")
+	}
+}
+
+func TestUnitBackoff(t *testing.T) {
+	t.Parallel()
+	var b backoff
+	prev := time.Duration(0)
+	for range 20 {
+		d := b.step()
+		if d < minBackoff/2 || d > maxBackoff {
+			t.Fatalf("step %v outside [%v, %v]", d, minBackoff/2, maxBackoff)
+		}
+		prev = d
+	}
+	if prev < maxBackoff/2 {
+		t.Fatalf("after 20 steps the pause is %v, want at least %v", prev, maxBackoff/2)
+	}
+}
+
+func TestUnitRetry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	calls := 0
+	err := retry(ctx, time.Now().Add(time.Minute), func() error {
+		calls++
+		if calls < 3 {
+			return api.StatusError{Code: 500}
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Errorf("passing failures: %d calls, %v", calls, err)
+	}
+	calls = 0
+	err = retry(ctx, time.Now().Add(time.Minute), func() error { calls++; return api.StatusError{Code: 403} })
+	if calls != 1 || err == nil {
+		t.Errorf("a permanent failure is not retried: %d calls, %v", calls, err)
+	}
+	calls = 0
+	start := time.Now()
+	err = retry(ctx, time.Now().Add(100*time.Millisecond), func() error { calls++; return api.StatusError{Code: 503} })
+	if err == nil || time.Since(start) > 200*time.Millisecond || calls < 2 {
+		t.Errorf("the deadline bounds the retries: %d calls in %v, %v", calls, time.Since(start), err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	calls = 0
+	retry(cctx, time.Now().Add(time.Minute), func() error { calls++; return api.StatusError{Code: 500} })
+	if calls != 1 {
+		t.Errorf("a cancelled context stops the retries: %d calls", calls)
+	}
+}
+
+func TestUnitDeadlines(t *testing.T) {
+	t.Parallel()
+	sent := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if got := localDeadline(sent, 15*time.Second); got != sent.Add(14*time.Second) {
+		t.Errorf("15s TTL: %v", got.Sub(sent))
+	}
+	if got := localDeadline(sent, 10*time.Second); got != sent.Add(9*time.Second) {
+		t.Errorf("10s TTL: %v", got.Sub(sent))
+	}
+	if d := deadlineAfter(time.Duration(1<<63 - 1)); d.Before(time.Now().Add(50 * 365 * 24 * time.Hour)) {
+		t.Errorf("a huge timeout overflowed: %v", d)
+	}
+	if got := nextIndex(10, 5); got != 1 {
+		t.Errorf("an index going back starts over: %d", got)
+	}
+	if got := nextIndex(0, 0); got != 1 {
+		t.Errorf("never block on 0: %d", got)
+	}
+	if got := nextIndex(5, 9); got != 9 {
+		t.Errorf("nextIndex(5, 9) = %d", got)
+	}
+}
+
+// A renewal confirmed just as the expiry timer fires moves the deadline on:
+// the session is not ended. Both lock types share this rule (session.go).
+func TestUnitExpiryAfterARenewalIsNotALoss(t *testing.T) {
+	t.Parallel()
+	s := &session{id: "s", spec: sessionSpec{ttl: 10 * time.Second}, gone: make(chan struct{}),
+		stopRenew: func() {}, holds: map[*held]struct{}{}, expires: time.Now().Add(-time.Millisecond)}
+	s.timer = time.AfterFunc(time.Hour, func() {})
+	defer s.timer.Stop()
+	s.extend(time.Now().Add(5 * time.Second)) // the renewal
+	s.expire()                                // the timer that fired meanwhile
+	if err := s.Err(); err != nil {
+		t.Fatalf("a renewed session ended: %v", err)
+	}
+	s.mu.Lock()
+	s.expires = time.Now().Add(-time.Millisecond)
+	s.mu.Unlock()
+	if err := s.Err(); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Err past the deadline = %v, want ErrLockLost", err)
+	}
+}
+
+func TestUnitKeys(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]string{
+		"a/b":                    "",
+		"":                       "empty name",
+		"a//b":                   "empty segment",
+		"a/../b":                 `".."`,
+		"a b":                    "whitespace",
+		"a\x00":                  "control",
+		"\xff":                   "UTF-8",
+		strings.Repeat("x", 600): "longer than",
+	} {
+		_, err := lockKey("locks/%s", name)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("%q: %v", name, err)
+		case want != "" && (!errors.Is(err, ErrInvalidKey) || !strings.Contains(err.Error(), want)):
+			t.Errorf("%q: %v, want ErrInvalidKey naming %q", name, err, want)
+		}
+	}
+	for _, p := range []string{"locks/x", "locks/%s/%d", "%s%s", "%%s"} {
+		if err := validatePattern(p); !errors.Is(err, ErrInvalidOption) {
+			t.Errorf("pattern %q: %v", p, err)
+		}
+	}
+	if err := validatePattern("locks/%%/%s"); err != nil {
+		t.Errorf("an escaped %% is fine: %v", err)
+	}
+}
+
+func TestUnitValue(t *testing.T) {
+	t.Parallel()
+	h, err := ParseHolder(DefaultValue())
+	if err != nil || h.LockedAt == "" || h.PID == 0 {
+		t.Fatalf("DefaultValue parses to %+v, %v", h, err)
+	}
+	if _, err := time.Parse(pythonTime, h.LockedAt); err != nil {
+		t.Fatalf("locked_at %q is not python-consul-lock's format: %v", h.LockedAt, err)
+	}
+	if h, err := ParseHolder([]byte(`{"locked_at": "2026-01-01 10:00:00.123456", "other": 1}`)); err != nil || h.LockedAt == "" {
+		t.Fatalf("python-consul-lock's value: %+v, %v", h, err)
+	}
+	if _, err := ParseHolder([]byte("not json")); err == nil {
+		t.Fatal("a value that is not JSON parsed")
+	}
+}
+
+// Options apply to the constructors they name, and are refused elsewhere.
+func TestUnitOptionsPerConstructor(t *testing.T) {
+	t.Parallel()
+	client := WithClient(&api.Client{})
+	all := []Option{WithAcquireTimeout(time.Second), WithLockTimeout(time.Minute), WithLockDelay(time.Second),
+		WithRenewal(), WithToken("t"), WithSessionTTL(20 * time.Second), WithFairQueueing(), WithReentrancy(),
+		WithObserver(NopObserver{}), WithKeyPattern("x/%s"), WithValue(DefaultValue)}
+	applies := map[builder][]string{
+		forLock:     {"WithAcquireTimeout", "WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithObserver", "WithKeyPattern", "WithValue"},
+		forLocker:   {"WithAcquireTimeout", "WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithSessionTTL", "WithFairQueueing", "WithReentrancy", "WithObserver", "WithKeyPattern", "WithValue"},
+		forElection: {"WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithObserver", "WithKeyPattern"},
+	}
+	for b, names := range applies {
+		for _, opt := range all {
+			_, err := newSettings(b, []Option{client, opt})
+			want := strings.Contains(" "+strings.Join(names, " ")+" ", " "+opt.name+" ")
+			switch {
+			case want && err != nil:
+				t.Errorf("%s on %s: %v", opt.name, b, err)
+			case !want && (!errors.Is(err, ErrInvalidOption) || !strings.Contains(err.Error(), opt.name)):
+				t.Errorf("%s on %s: %v, want ErrInvalidOption naming it", opt.name, b, err)
+			}
+		}
+	}
+}
+
+func TestUnitNotAcquiredNamesTheHolder(t *testing.T) {
+	t.Parallel()
+	err := notAcquiredError(&api.KVPair{Session: "s1", Value: []byte(`{"locked_at":"then","host":"h","pid":7}`)}, time.Second)
+	if !errors.Is(err, ErrNotAcquired) || !strings.Contains(err.Error(), `host "h", pid 7`) {
+		t.Errorf("%v", err)
+	}
+	err = notAcquiredError(&api.KVPair{Session: "s1", Value: []byte("secret")}, time.Second)
+	if strings.Contains(err.Error(), "secret") {
+		t.Errorf("a value of another shape reached the message: %v", err)
+	}
+}
+
+func TestUnitGrouping(t *testing.T) {
+	t.Parallel()
+	if p := commonPrefix("locks/a/1", "locks/a/2"); p != "locks/a/" {
+		t.Errorf("commonPrefix = %q", p)
+	}
+	if p := commonPrefix("ab", "abc"); p != "ab" {
+		t.Errorf("commonPrefix = %q", p)
+	}
+	order := sortedOrder([]string{"c", "a", "b"})
+	if fmt.Sprint(order) != "[1 2 0]" {
+		t.Errorf("sortedOrder = %v", order)
+	}
+}
