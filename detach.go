@@ -15,7 +15,7 @@ import (
 // errWriteTimedOut reports a write that Consul did not answer within
 // cleanupTimeout, while its caller's context lives on: it may have been
 // applied, and it is worth trying again.
-var errWriteTimedOut = errors.New("Consul did not answer the write in time")
+var errWriteTimedOut = errors.New("no answer from Consul to the write in time")
 
 // late is the outcome of a write that its caller abandoned, once Consul
 // answers it.

@@ -45,7 +45,7 @@ var (
 	ErrReleased = errors.New("lock released")
 
 	// ErrClosed reports an Acquire on a Locker that was closed.
-	ErrClosed = errors.New("Locker closed")
+	ErrClosed = errors.New("the Locker is closed")
 
 	// ErrNoLeader reports an election that has no leader now.
 	ErrNoLeader = errors.New("no leader")
@@ -54,7 +54,7 @@ var (
 	// not be reached, kept failing for a passing reason (a leader election,
 	// an overloaded agent, HTTP 429 or 5xx) until the deadline, or answered
 	// in a way that consullock cannot use. The message has Consul's words.
-	ErrConsul = errors.New("Consul failed")
+	ErrConsul = errors.New("call to Consul failed")
 )
 
 // errSessionInvalid reports that Consul no longer knows a session. It never

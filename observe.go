@@ -1,10 +1,6 @@
 package consullock
 
-import (
-	"errors"
-	"strings"
-	"time"
-)
+import "time"
 
 // Observer receives the events of a lock's life, for logs and metrics. Its
 // methods are called on the goroutine of the lock operation or of its
@@ -35,28 +31,6 @@ type AcquireEvent struct {
 	Wait     time.Duration // from the call to its return
 	Attempts int           // writes that tried to take the key
 	Err      error
-}
-
-// Result names how the acquire ended, for a metric's label: "acquired",
-// "timeout" (Err wraps ErrNotAcquired) or "error".
-func (e AcquireEvent) Result() string {
-	switch {
-	case e.Err == nil:
-		return "acquired"
-	case errors.Is(e.Err, ErrNotAcquired):
-		return "timeout"
-	default:
-		return "error"
-	}
-}
-
-// KeyPrefix returns the first segments of key ("/"-separated; at least one),
-// the whole key when it has no more: a label for metrics whose number of
-// values stays bounded when keys name many things.
-func KeyPrefix(key string, segments int) string {
-	segments = max(segments, 1)
-	parts := strings.SplitN(key, "/", segments+1)
-	return strings.Join(parts[:min(len(parts), segments)], "/")
 }
 
 // observeAcquired tells o, if any, of the end of an acquire of keys that

@@ -315,7 +315,7 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 			return "", err
 		}
 		if out.ID == "" {
-			return "", errors.New("Consul returned no session ID")
+			return "", errors.New("no session ID in Consul's answer")
 		}
 		return out.ID, nil
 	}

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/metriclabel"
 )
 
 // Options configure the metrics.
@@ -87,12 +88,12 @@ func exponential(start float64, n int) []float64 {
 
 // prefix keeps the first segments of key.
 func (o *Observer) prefix(key string) attribute.KeyValue {
-	return attribute.String("prefix", consullock.KeyPrefix(key, o.segments))
+	return attribute.String("prefix", metriclabel.Prefix(key, o.segments))
 }
 
 // Acquired records the wait and the result.
 func (o *Observer) Acquired(e consullock.AcquireEvent) {
-	attrs := metric.WithAttributes(o.prefix(e.Key), attribute.String("result", e.Result()))
+	attrs := metric.WithAttributes(o.prefix(e.Key), attribute.String("result", metriclabel.Result(e.Err)))
 	o.wait.Record(context.Background(), e.Wait.Seconds(), attrs)
 	o.acquires.Add(context.Background(), 1, attrs)
 }

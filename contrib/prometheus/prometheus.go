@@ -13,6 +13,7 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/metriclabel"
 )
 
 // Options configure the metrics.
@@ -80,13 +81,13 @@ func New(reg prom.Registerer, opts Options) (*Observer, error) {
 }
 
 // prefix keeps the first segments of key.
-func (o *Observer) prefix(key string) string { return consullock.KeyPrefix(key, o.segments) }
+func (o *Observer) prefix(key string) string { return metriclabel.Prefix(key, o.segments) }
 
 // Acquired records the wait and the result.
 func (o *Observer) Acquired(e consullock.AcquireEvent) {
 	p := o.prefix(e.Key)
-	o.wait.WithLabelValues(p, e.Result()).Observe(e.Wait.Seconds())
-	o.acquires.WithLabelValues(p, e.Result()).Inc()
+	o.wait.WithLabelValues(p, metriclabel.Result(e.Err)).Observe(e.Wait.Seconds())
+	o.acquires.WithLabelValues(p, metriclabel.Result(e.Err)).Inc()
 }
 
 // Contended counts a key found held.
