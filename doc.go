@@ -22,10 +22,20 @@
 //
 // Acquiring creates a Consul session whose TTL is the lock's maximum lifespan
 // (Config.LockTimeout) and whose invalidation deletes the keys it holds, then
-// takes the key with a KV PUT ?acquire. A waiter watches the key with Consul
-// blocking queries and retries the moment it is freed, rather than polling.
-// Releasing destroys the session, which deletes the key in the same consensus
-// write when there is no lock delay.
+// takes the key in a transaction (a KV lock, as python-consul-lock's PUT
+// ?acquire, whose index is the fencing token). A waiter watches the key with
+// Consul blocking queries and retries the moment it is freed, rather than
+// polling. Releasing destroys the session, which deletes the key in the same
+// consensus write when there is no lock delay. A Locker shares one renewed
+// session among many locks, for two writes a cycle.
+//
+// Every lock type stands on one core: a held key is valid while it is
+// exactly as the take left it (held by its session, at the take's index),
+// and the same code watches it, checks its deadlines, fences and releases
+// it, whether it is an EphemeralLock, a Lease, an election's Term or a
+// semaphore's slot. The watches of all the locks built on one *api.Client
+// share at most 8 blocking queries, within Consul's limit of 200
+// connections per client address.
 //
 // # Guarantees and assumptions
 //
@@ -44,8 +54,9 @@
 //     practice, by twice LockTimeout. With WithRenewal the session is renewed
 //     every half TTL and the lock lasts until Release; LockTimeout then bounds
 //     how long a dead holder keeps it.
-//   - Lost-lock notification: Lost and Hold's context tell the holder when the
-//     key was deleted or taken over (within about a second), and at the latest
+//   - Lost-lock notification: Lost, Err and Hold's context tell the holder
+//     when the key was deleted, taken over or written to (within about a
+//     round trip), and at the latest
 //     at a local deadline, LockTimeout (less up to a second for clock rates)
 //     after the session was created or last renewed, before Consul could give
 //     the key to anyone else. This assumes the holder's clock does not run
