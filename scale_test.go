@@ -90,3 +90,46 @@ func TestTenThousandCyclesLeakNothing(t *testing.T) {
 		t.Fatalf("keys left: %q", keys)
 	}
 }
+
+// The loss watches of 300 leases share a few blocking queries, within
+// Consul's limit of connections per client, and still notice a deleted key
+// within a second.
+func TestWatchesShareFewQueries(t *testing.T) {
+	t.Parallel()
+	direct := consultest.Client(t)
+	c, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
+	lk := newLocker(t, c)
+	ctx := context.Background()
+	var leases []*consullock.Lease
+	for i := range 300 {
+		l, err := lk.Acquire(ctx, lockName(t, fmt.Sprintf("k%03d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	victim := leases[137]
+	start := time.Now()
+	if _, err := direct.KV().Delete(victim.Key(), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-victim.Lost():
+	case <-time.After(time.Second):
+		t.Fatal("a deleted key among 300 watched was not noticed within a second")
+	}
+	noticed := time.Since(start)
+	now, most := proxy.BlockingInFlight()
+	if most > 16 {
+		t.Fatalf("%d blocking queries in flight at once for 300 leases (%d now), want a few", most, now)
+	}
+	for _, l := range leases {
+		if l != victim && l.Err() != nil {
+			t.Fatalf("lease %s lost: %v", l.Key(), l.Err())
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("300 leases: at most %d blocking queries at once; a deleted key noticed in %v", most, noticed)
+}

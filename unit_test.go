@@ -334,6 +334,12 @@ func TestUnitGrouping(t *testing.T) {
 	if p := commonPrefix("ab", "abc"); p != "ab" {
 		t.Errorf("commonPrefix = %q", p)
 	}
+	if p := commonFolder("locks/a/k001", "locks/a/k002"); p != "locks/a/" {
+		t.Errorf("commonFolder = %q", p)
+	}
+	if p := commonFolder("a", "b"); p != "" {
+		t.Errorf("commonFolder = %q", p)
+	}
 	order := sortedOrder([]string{"c", "a", "b"})
 	if fmt.Sprint(order) != "[1 2 0]" {
 		t.Errorf("sortedOrder = %v", order)

@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,8 +16,8 @@ import (
 // locks built on one client share at most maxWatchQueries blocking queries:
 // each follows a key prefix that covers some of the watched keys, with a
 // consistent list that wakes when anything under the prefix changes, and
-// tells each watcher of its key's state. Keys are grouped under their own
-// key as prefix while the budget allows, then under the longest prefix two
+// tells each watcher of its key's state. Keys are watched under their own
+// key as prefix while the budget allows, then under the deepest folder two
 // groups share. The hubs are the package's only other state: a cache of
 // watches per client, which holds nothing once no key is watched.
 
@@ -159,8 +160,8 @@ func (h *hub) live() int {
 }
 
 // mergeClosest makes room for key: of the live groups' prefixes and key,
-// it takes the two that share the longest prefix, and replaces the groups
-// that prefix covers by one group on it. h.mu is held.
+// it takes the two that share the longest folder, and replaces the groups
+// that folder covers by one group on it. h.mu is held.
 func (h *hub) mergeClosest(key string) {
 	cands := []string{key}
 	for g := range h.groups {
@@ -172,7 +173,7 @@ func (h *hub) mergeClosest(key string) {
 	found := false
 	for i := range cands {
 		for j := i + 1; j < len(cands); j++ {
-			if p := commonPrefix(cands[i], cands[j]); !found || len(p) > len(best) {
+			if p := commonFolder(cands[i], cands[j]); !found || len(p) > len(best) {
 				best, found = p, true
 			}
 		}
@@ -189,6 +190,14 @@ func (h *hub) mergeClosest(key string) {
 		}
 	}
 	h.start(best, moved)
+}
+
+// commonFolder is the longest folder ("a/b/") that holds both a and b: a
+// group on a folder takes in every later key of that folder, so that groups
+// are merged once per folder rather than once per key.
+func commonFolder(a, b string) string {
+	p := commonPrefix(a, b)
+	return p[:strings.LastIndexByte(p, '/')+1]
 }
 
 func commonPrefix(a, b string) string {

@@ -52,6 +52,8 @@ type Proxy struct {
 	slow     time.Duration
 	counts   map[Fault]int
 	blocking int
+	waiting  int // blocking queries in flight now
+	maxWait  int // the most ever in flight at once
 	rule     func(*http.Request) (Fault, bool)
 	paths    map[string]int // requests by method and path
 }
@@ -182,7 +184,26 @@ func (p *Proxy) BlockingQueries() int {
 	return p.blocking
 }
 
+// BlockingInFlight returns how many blocking queries are in flight now, and
+// the most that ever were at once.
+func (p *Proxy) BlockingInFlight() (now, most int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waiting, p.maxWait
+}
+
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	if idx := r.URL.Query().Get("index"); idx != "" && idx != "0" {
+		p.mu.Lock()
+		p.waiting++
+		p.maxWait = max(p.maxWait, p.waiting)
+		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			p.waiting--
+			p.mu.Unlock()
+		}()
+	}
 	fault, latency := p.draw(r)
 	if latency > 0 {
 		select {
