@@ -34,6 +34,15 @@ func writeDetached[T any](ctx context.Context, write func(context.Context) (T, e
 	if ctx.Err() != nil {
 		return zero, nil, context.Cause(ctx)
 	}
+	if ctx.Done() == nil { // a context that never ends: nothing to detach from
+		wctx, cancel := detached(ctx)
+		defer cancel()
+		v, err := write(wctx)
+		if err != nil && wctx.Err() != nil {
+			err = errWriteTimedOut
+		}
+		return v, nil, err
+	}
 	done := make(chan late[T], 1)
 	wctx, cancel := detached(ctx)
 	go func() {

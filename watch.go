@@ -30,6 +30,11 @@ const (
 	// before it is cancelled: usually the change that ended the need
 	// answers it first, and its connection is kept for reuse.
 	watchLinger = 2 * time.Second
+	// watchDelay is how long a key is held before a query watches it: a
+	// key given back within it (a short critical section) costs no query
+	// at all, and a change within it is seen by the first query, which
+	// blocks from the index of the take.
+	watchDelay = 10 * time.Millisecond
 )
 
 // keyState is what a watch sees of a key.
@@ -47,6 +52,7 @@ type subscription struct {
 	group   *watchGroup    // guarded by the hub's mu
 	last    keyState       // the state last told, or expected
 	hub     *hub
+	since   time.Time // when the watch began
 }
 
 // hub holds the watch queries of one client and token.
@@ -60,6 +66,7 @@ type watchGroup struct {
 	prefix  string
 	subs    map[*subscription]struct{}
 	index   uint64              // of the last answer; 0 before the first
+	asked   uint64              // the index the query in flight blocks from
 	last    map[string]keyState // the last answer, by key
 	retired bool                // merged into another: its answers are not used
 	cancel  context.CancelFunc
@@ -83,8 +90,13 @@ func watchKey(c conn, key string, expect keyState, changed func(keyState)) *subs
 	}
 	h.mu.Lock()
 	hubs.Unlock()
-	sub := &subscription{key: key, known: expect.index, changed: changed, hub: h, last: expect}
+	sub := &subscription{key: key, known: expect.index, changed: changed, hub: h, last: expect, since: time.Now()}
 	g := h.join(sub)
+	if g.index == 0 && g.asked != 0 && sub.known < g.asked {
+		// The group's first query blocks from past this key's take: a
+		// change in between would wake it only with the next one.
+		go h.catchUp(sub)
+	}
 	st, now := keyState{}, false
 	if g.index != 0 && g.index >= sub.known && g.last != nil {
 		// The group's last answer is already as new as the watcher's view.
@@ -223,11 +235,21 @@ func (h *hub) start(prefix string, subs []*subscription) *watchGroup {
 	return g
 }
 
+// young returns how long until g's oldest watcher has waited watchDelay:
+// until then no query is needed. The hub's mu is held.
+func (g *watchGroup) young() time.Duration {
+	pause := watchDelay
+	for sub := range g.subs {
+		pause = min(pause, watchDelay-time.Since(sub.since))
+	}
+	return pause
+}
+
 // linger lets an unneeded group's query run a little, for the answer that
 // usually comes with the change that ended the need, then cancels it.
 // The hub's mu is held.
 func (g *watchGroup) linger() {
-	if g.idle == nil {
+	if g.idle == nil && g.asked != 0 { // no query yet: follow sees it is not needed
 		g.idle = time.AfterFunc(watchLinger, g.cancel)
 	}
 }
@@ -239,13 +261,28 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 	for {
 		h.mu.Lock()
 		done := g.retired || len(g.subs) == 0
+		if pause := g.young(); !done && pause > 0 {
+			h.mu.Unlock()
+			if sleep(ctx, pause) != nil {
+				return
+			}
+			continue
+		}
 		index := g.index
+		if index == 0 { // the first query blocks from the oldest take it serves
+			for sub := range g.subs {
+				if index == 0 || sub.known < index {
+					index = sub.known
+				}
+			}
+		}
+		g.asked = index
 		h.mu.Unlock()
 		if done {
 			return
 		}
 		pairs, meta, err := h.conn.c.KV().List(g.prefix, h.conn.query(ctx, api.QueryOptions{
-			WaitIndex: index, WaitTime: watchWait, RequireConsistent: true,
+			WaitIndex: index, WaitTime: watchWait,
 		}))
 		switch {
 		case ctx.Err() != nil:
@@ -298,6 +335,34 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
 	h.mu.Unlock()
 	for _, t := range tell {
 		t.sub.changed(t.st)
+	}
+}
+
+// catchUp reads sub's key once, and tells sub of its state if it changed.
+func (h *hub) catchUp(sub *subscription) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	var pair *api.KVPair
+	var meta *api.QueryMeta
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
+		pair, meta, err = h.conn.c.KV().Get(sub.key, h.conn.query(ctx, api.QueryOptions{}))
+		return err
+	})
+	if err != nil || meta.LastIndex < sub.known {
+		return // the local deadline covers a watch that cannot see
+	}
+	st := keyState{}
+	if pair != nil {
+		st = keyState{exists: true, session: pair.Session, index: pair.ModifyIndex}
+	}
+	h.mu.Lock()
+	tell := sub.group != nil && st != sub.last
+	if tell {
+		sub.last = st
+	}
+	h.mu.Unlock()
+	if tell {
+		sub.changed(st)
 	}
 }
 
