@@ -29,6 +29,7 @@ type held struct {
 	obs      Observer
 	owner    holdOwner
 	lost     chan struct{} // closed when the hold ends: released or lost
+	finished chan struct{} // closed when the owner has given back what was left
 
 	mu         sync.Mutex
 	state      heldState
@@ -71,7 +72,7 @@ func newHeld(c conn, key string, token uint64, s *session, owner holdOwner, obs 
 		lost = make(chan struct{})
 	}
 	return &held{conn: c, key: key, token: token, sess: s, acquired: time.Now(), lifespan: lifespan,
-		timeout: timeout, obs: obs, owner: owner, lost: lost}
+		timeout: timeout, obs: obs, owner: owner, lost: lost, finished: make(chan struct{})}
 }
 
 // start starts the clocks and the watch of a registered hold.
@@ -198,12 +199,14 @@ func (h *held) end(giveBack bool) {
 	}
 	h.sess.unregister(h)
 	h.owner.finish(h, giveBack)
+	close(h.finished)
 }
 
 // Release gives the key back. A second Release while one is in flight waits
-// for its outcome and returns it; a Release of a hold already lost or
-// released does nothing. It completes even when ctx is cancelled: the owner
-// bounds it by cleanupTimeout.
+// for its outcome and returns it; a Release of a hold already released does
+// nothing, and of a hold lost waits, until ctx ends, for the owner to give
+// back what the loss left. It completes even when ctx is cancelled: the
+// owner bounds it by cleanupTimeout.
 func (h *held) Release(ctx context.Context) error {
 	h.mu.Lock()
 	if ch := h.releasing; ch != nil {
@@ -217,6 +220,13 @@ func (h *held) Release(ctx context.Context) error {
 	case h.holds > 0: // a reentrant hold ends; the outer ones go on
 		h.holds--
 		h.mu.Unlock()
+		return nil
+	case h.state == heldLost:
+		h.mu.Unlock()
+		select {
+		case <-h.finished:
+		case <-ctx.Done():
+		}
 		return nil
 	case h.state != heldOn:
 		h.mu.Unlock()

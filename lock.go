@@ -308,6 +308,7 @@ func (l *EphemeralLock) finish(h *held, _ bool) {
 	// holder was promised the key until then. Any other is destroyed.
 	if h.sess.end(errAbandoned) {
 		h.sess.abandon(errAbandoned)
+		<-h.sess.gone // bounded by cleanupTimeout
 	}
 }
 
@@ -315,8 +316,9 @@ func (l *EphemeralLock) finish(h *held, _ bool) {
 // key only if this lock still holds it, and destroys the session. It
 // completes even when ctx is already cancelled, trying for up to 10 s, so
 // that a deferred Release with a request's context still gives the lock
-// back. It is idempotent, and does nothing on a lock never acquired or lost
-// (a lost lock's session is destroyed in the background); on a lock being
+// back. It is idempotent, and does nothing on a lock never acquired; on a
+// lock lost it destroys the session if Consul may still have it, waiting
+// for that until ctx ends (it goes on in the background); on a lock being
 // acquired, it cancels the Acquire and waits for it. A second Release while
 // one is in flight returns the first one's outcome. A failed Release may be
 // retried; if it is not, Consul frees the key when the session's TTL runs
@@ -339,11 +341,15 @@ func (l *EphemeralLock) Release(ctx context.Context) error {
 	if h == nil {
 		return nil
 	}
-	if err := h.Release(ctx); err != nil {
-		return err
-	}
-	if h.Err() != nil { // lost: its session, if Consul still has it, goes now
+	if h.Err() != nil { // lost: its session, if Consul may still have it, goes now
 		h.sess.abandon(errAbandoned)
+		h.Release(ctx)
+		select {
+		case <-h.sess.gone:
+		case <-ctx.Done():
+		}
+	} else if err := h.Release(ctx); err != nil {
+		return err
 	}
 	l.mu.Lock()
 	l.state = stateDone

@@ -80,7 +80,7 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 	set(&cfg.Namespace, c.namespace)
 	client, err := api.NewClient(cfg)
 	if err != nil { // a bad address, or a token, CA or certificate file that cannot be read
-		return nil, nil, usageError{fmt.Errorf("Consul client settings: %w", err)}
+		return nil, nil, usageError{fmt.Errorf("bad Consul client settings: %w", err)}
 	}
 	return client, cfg, nil
 }

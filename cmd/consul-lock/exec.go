@@ -112,7 +112,8 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 
 // newTaker builds what exec acquires: an EphemeralLock renewed for as long
 // as the command runs, or with -n a slot of a semaphore through a Locker
-// whose session TTL is -ttl. done closes what it built.
+// whose session TTL is -ttl, its leases renewed until released. done
+// closes what it built.
 func newTaker(name string, opts []consullock.Option, f execFlags) (take func(context.Context) (held, error), done func(context.Context), err error) {
 	if f.n == 1 {
 		lock, err := consullock.NewEphemeralLock(name, append(opts, consullock.WithLockTimeout(f.ttl), consullock.WithRenewal())...)
@@ -121,7 +122,7 @@ func newTaker(name string, opts []consullock.Option, f execFlags) (take func(con
 		}
 		return func(ctx context.Context) (held, error) { return lock, lock.Acquire(ctx) }, func(context.Context) {}, nil
 	}
-	lk, err := consullock.NewLocker(append(opts, consullock.WithSessionTTL(f.ttl), consullock.WithLockTimeout(consullock.MaxLockTimeout))...)
+	lk, err := consullock.NewLocker(append(opts, consullock.WithSessionTTL(f.ttl), consullock.WithRenewal())...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,7 +181,13 @@ func execLocked(ctx context.Context, take func(context.Context) (held, error), a
 		// From here on the lock is given back whatever happens: also when a
 		// signal came just as it was taken, or went on to the command.
 		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			// After a loss there is little to give back, and no hurry: the
+			// session's TTL frees what Consul cannot be told about in 2 s.
+			timeout := 10 * time.Second
+			if lock.Err() != nil {
+				timeout = 2 * time.Second
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 			defer cancel()
 			if err := lock.Release(rctx); err != nil {
 				fmt.Fprintf(s.errOut, "consul-lock exec: %v\n", err)

@@ -7,26 +7,25 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/keyname"
 )
 
 // lockInfo is what status and list report of one lock.
 type lockInfo struct {
-	Key      string    `json:"key"`
-	Held     bool      `json:"held"`
-	Session  string    `json:"session,omitempty"`
-	Node     string    `json:"node,omitempty"`
-	Token    uint64    `json:"token,omitempty"`
-	Host     string    `json:"host,omitempty"`
-	PID      int       `json:"pid,omitempty"`
-	LockedAt string    `json:"locked_at,omitempty"`
-	Since    time.Time `json:"-"`
-	Value    string    `json:"value,omitempty"` // when it is not a holder record
-	TTL      string    `json:"ttl,omitempty"`
+	Key      string `json:"key"`
+	Held     bool   `json:"held"`
+	Session  string `json:"session,omitempty"`
+	Node     string `json:"node,omitempty"`
+	Token    uint64 `json:"token,omitempty"`
+	Host     string `json:"host,omitempty"`
+	PID      int    `json:"pid,omitempty"`
+	LockedAt string `json:"locked_at,omitempty"`
+	Value    string `json:"value,omitempty"` // when it is not a holder record
+	TTL      string `json:"ttl,omitempty"`
 }
 
 // describe reads what Consul knows of a lock's key and holder session.
@@ -131,14 +130,16 @@ func lookup(ctx context.Context, k *keyFlags, name string) (*api.Client, lockInf
 	return c, info, nil
 }
 
-// keyOf is the Consul key of lock name; the lock is built only to apply
-// the library's validation, and talks to no one.
+// keyOf is the Consul key of lock name, by the library's own rules.
 func keyOf(pattern, name string) (string, error) {
-	l, err := consullock.NewEphemeralLock(name, consullock.WithKeyPattern(pattern), consullock.WithClient(&api.Client{}))
-	if err != nil {
+	if err := keyname.CheckPattern(pattern); err != nil {
 		return "", usageError{err}
 	}
-	return l.Key(), nil
+	key, err := keyname.Format(pattern, name)
+	if err != nil {
+		return "", usageError{fmt.Errorf("invalid key: %w", err)}
+	}
+	return key, nil
 }
 
 func holderOf(i lockInfo) string {
