@@ -81,7 +81,11 @@ func (t *Term) Resign(ctx context.Context) error { return t.lock.Release(ctx) }
 
 // Leader returns the current leader, or an error wrapping ErrNoLeader.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
-	pair, _, err := e.conn.c.KV().Get(e.key, e.conn.query(ctx, api.QueryOptions{RequireConsistent: true}))
+	var pair *api.KVPair
+	err := e.conn.call(ctx, func() (err error) {
+		pair, _, err = e.conn.c.KV().Get(e.key, e.conn.query(ctx, api.QueryOptions{RequireConsistent: true}))
+		return err
+	})
 	if err != nil {
 		return Leader{}, wrapOp("leader", e.key, consulError(err))
 	}

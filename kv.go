@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -14,6 +15,32 @@ import (
 type conn struct {
 	c     *api.Client
 	token string // "" uses the client's own token
+}
+
+// maxCallsInFlight bounds the requests of the library that do not block
+// (all but the watches and the waits) in flight at once per client: the
+// agent serves at most 200 connections per client address
+// (limits.http_max_conns_per_client), and a burst of acquires must queue in
+// the process rather than be refused with 429 there.
+const maxCallsInFlight = 64
+
+var callSlots sync.Map // *api.Client -> chan struct{}
+
+// call runs fn, a request that does not block, once one of the client's
+// slots is free.
+func (c conn) call(ctx context.Context, fn func() error) error {
+	v, ok := callSlots.Load(c.c)
+	if !ok {
+		v, _ = callSlots.LoadOrStore(c.c, make(chan struct{}, maxCallsInFlight))
+	}
+	slots := v.(chan struct{})
+	select {
+	case slots <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-slots }()
+	return fn()
 }
 
 func (c conn) write(ctx context.Context) *api.WriteOptions {
@@ -35,7 +62,10 @@ func kvTxn(ctx context.Context, c conn, ops api.KVTxnOps) (bool, *api.KVTxnRespo
 		txn[i] = &api.TxnOp{KV: op}
 	}
 	var out api.TxnResponse
-	_, err := c.c.Raw().Write("/v1/txn", txn, &out, c.write(ctx))
+	err := c.call(ctx, func() error {
+		_, err := c.c.Raw().Write("/v1/txn", txn, &out, c.write(ctx))
+		return err
+	})
 	var status api.StatusError
 	switch {
 	case errors.As(err, &status) && status.Code == 409:
@@ -71,8 +101,10 @@ func txnError(resp *api.KVTxnResponse) error {
 func deleteIfUnchanged(ctx context.Context, c conn, key string, token uint64) (bool, error) {
 	var deleted bool
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
-		deleted, _, err = c.c.KV().DeleteCAS(&api.KVPair{Key: key, ModifyIndex: token}, c.write(ctx))
-		return err
+		return c.call(ctx, func() (err error) {
+			deleted, _, err = c.c.KV().DeleteCAS(&api.KVPair{Key: key, ModifyIndex: token}, c.write(ctx))
+			return err
+		})
 	})
 	if err != nil {
 		return false, fmt.Errorf("delete key: %w", consulError(err))

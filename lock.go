@@ -38,6 +38,7 @@ type EphemeralLock struct {
 	cancel   context.CancelFunc // cancels an Acquire in progress
 	acquired chan struct{}      // closed when an Acquire in progress returns
 	h        *held              // the hold, once acquired
+	undone   sync.WaitGroup     // session creates abandoned, still being undone
 }
 
 type lockState int
@@ -235,7 +236,8 @@ func (l *EphemeralLock) attempt() *attempt {
 		if sess != nil && sess.Err() == nil {
 			return sess, nil
 		}
-		s, err := startSession(ctx, l.conn, sessionSpec{name: l.key, ttl: l.s.LockTimeout, lockDelay: l.s.LockDelay, obs: l.s.Observer}, deadline)
+		spec := sessionSpec{name: l.key, ttl: l.s.LockTimeout, lockDelay: l.s.LockDelay, obs: l.s.Observer, undone: &l.undone}
+		s, err := startSession(ctx, l.conn, spec, deadline)
 		if err == nil {
 			sess = s
 		}
@@ -263,10 +265,8 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 		if err != nil {
 			if s := a.last; s != nil {
 				a.undo(s, nil)
-				// Usually a round trip: worth waiting for, even after
-				// ctx ended, so that a failed Acquire leaves nothing.
-				waitBounded(context.WithoutCancel(ctx), s.gone, time.Now().Add(time.Second))
 			}
+			l.waitUndone(ctx, a.last)
 			return nil, err
 		}
 		if !l.s.renew {
@@ -281,6 +281,22 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 		// destroying it gives the key back; take it with a new one.
 		a.undo(s, nil)
 	}
+}
+
+// waitUndone waits, for a second at most, even after ctx ended, until the
+// session s of a failed acquire (if any) and any session whose create was
+// abandoned are destroyed: usually a round trip, worth waiting for so that
+// a failed Acquire leaves nothing behind.
+func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.undone.Wait()
+		if s != nil {
+			<-s.gone
+		}
+	}()
+	waitBounded(context.WithoutCancel(ctx), done, time.Now().Add(time.Second))
 }
 
 // release gives the key back for Release: one write that destroys the

@@ -112,8 +112,10 @@ func (q *fairQueue) predecessor(ctx context.Context) (string, error) {
 	c := q.lk.conn
 	var pairs api.KVPairs
 	err := retry(ctx, q.a.deadline, func() (err error) {
-		pairs, _, err = c.c.KV().List(queuePrefix(q.a.keys[0]), c.query(ctx, api.QueryOptions{RequireConsistent: true}))
-		return err
+		return c.call(ctx, func() (err error) {
+			pairs, _, err = c.c.KV().List(queuePrefix(q.a.keys[0]), c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+			return err
+		})
 	})
 	if err != nil {
 		return "", consulError(err)

@@ -42,6 +42,9 @@ type sessionSpec struct {
 	ttl       time.Duration
 	lockDelay time.Duration
 	obs       Observer
+	// undone, if set, counts the creates abandoned by their caller that
+	// are still being undone.
+	undone *sync.WaitGroup
 }
 
 type session struct {
@@ -107,7 +110,11 @@ func (s *session) renew(ctx context.Context) {
 }
 
 func renewOnce(ctx context.Context, c conn, id string, o Observer) error {
-	entry, _, err := c.c.Session().Renew(id, c.write(ctx))
+	var entry *api.SessionEntry
+	err := c.call(ctx, func() (err error) {
+		entry, _, err = c.c.Session().Renew(id, c.write(ctx))
+		return err
+	})
 	if err == nil && entry == nil {
 		return errSessionInvalid
 	}
@@ -311,7 +318,11 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 	}
 	create := func(ctx context.Context) (string, error) {
 		var out struct{ ID string }
-		if _, err := c.c.Raw().Write("/v1/session/create", body, &out, c.write(ctx)); err != nil {
+		err := c.call(ctx, func() error {
+			_, err := c.c.Raw().Write("/v1/session/create", body, &out, c.write(ctx))
+			return err
+		})
+		if err != nil {
 			return "", err
 		}
 		if out.ID == "" {
@@ -321,7 +332,13 @@ func createSessionOnce(ctx context.Context, c conn, name string, spec sessionSpe
 	}
 	id, abandoned, err := writeDetached(ctx, create)
 	if abandoned != nil {
+		if spec.undone != nil {
+			spec.undone.Add(1)
+		}
 		go func() {
+			if spec.undone != nil {
+				defer spec.undone.Done()
+			}
 			if o := <-abandoned; o.err == nil {
 				dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 				defer cancel()
@@ -340,8 +357,10 @@ func destroyStrays(c conn, name, keep string) {
 	defer cancel()
 	var all []*api.SessionEntry
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
-		all, _, err = c.c.Session().List(c.query(ctx, api.QueryOptions{RequireConsistent: true}))
-		return err
+		return c.call(ctx, func() (err error) {
+			all, _, err = c.c.Session().List(c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+			return err
+		})
 	})
 	if err != nil {
 		return
@@ -358,8 +377,10 @@ func destroyStrays(c conn, name, keep string) {
 // Destroying a session that no longer exists succeeds.
 func destroySession(ctx context.Context, c conn, id string) error {
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
-		_, err := c.c.Session().Destroy(id, c.write(ctx))
-		return err
+		return c.call(ctx, func() error {
+			_, err := c.c.Session().Destroy(id, c.write(ctx))
+			return err
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("destroy session %s: %w", id, consulError(err))
