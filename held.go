@@ -86,7 +86,7 @@ func (h *held) start() {
 		h.timer = time.AfterFunc(time.Until(h.lifespan), h.expire)
 	}
 	h.mu.Unlock()
-	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, h.seen)
+	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, false, h.seen)
 	h.mu.Lock()
 	ended := h.ended
 	if !ended {

@@ -3,20 +3,21 @@ package consullock
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
-// Waiting for a key that a take found blocked: on a Consul blocking query
-// while another session holds it, rather than by polling; by polling with
-// backoff while a lock delay keeps it, because no blocking query wakes when
-// a lock delay ends.
+// Waiting for a key that a take found blocked: through the client's shared
+// watches (watch.go) while another session holds it, rather than by
+// polling or with a blocking query of its own; by polling with backoff while
+// a lock delay keeps it, because no query wakes when a lock delay ends.
 
 const (
-	// maxBlockingWait bounds every blocking query of a waiter, so that a
-	// process that goes away frees its connection slot in the agent
-	// within that time.
+	// maxBlockingWait bounds every blocking query that is not a shared
+	// watch, so that a process that goes away frees its connection slot in
+	// the agent within that time.
 	maxBlockingWait = time.Minute
 	// Bounds of the pause between takes while a lock delay is in force.
 	minLockDelayPoll = 5 * time.Millisecond
@@ -35,11 +36,8 @@ type keyWatch struct {
 	// onHolder, if set, is told of each new holder the wait finds.
 	onHolder func(holder string)
 
-	index   uint64      // Consul index of the last answer; 0 asks without blocking
-	holder  *api.KVPair // the key as last seen held, for error messages
-	poll    time.Duration
-	retry   backoff // between queries that failed for a passing reason
-	failing error   // the passing failure of the last query, if it failed
+	holder *api.KVPair // the key as last seen held, for error messages
+	poll   time.Duration
 }
 
 // wait waits after a take that found the key blocked: out the lock delay,
@@ -64,61 +62,74 @@ func (w *keyWatch) outLockDelay(ctx context.Context) error {
 	return sleep(ctx, min(w.poll, left))
 }
 
+// untilFree reads the key, and while another session holds it, waits for
+// the shared watch to see it change.
 func (w *keyWatch) untilFree(ctx context.Context) error {
+	pair, err := w.read(ctx)
+	if err != nil || pair == nil || pair.Session == "" {
+		return err
+	}
+	w.saw(pair)
+	var mu sync.Mutex
+	var latest keyState
+	changed := make(chan struct{}, 1)
+	sub := watchKey(w.conn, w.key, keyState{exists: true, session: pair.Session, index: pair.ModifyIndex}, true, func(st keyState) {
+		mu.Lock()
+		latest = st
+		mu.Unlock()
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	defer sub.cancel()
+	timer := time.NewTimer(time.Until(w.deadline))
+	defer timer.Stop()
 	for {
-		pair, err := w.next(ctx)
-		if transient(err) {
-			w.failing = err
-			if ok, serr := w.retry.wait(ctx, w.deadline); serr != nil {
-				return serr
-			} else if !ok {
-				return consulError(err)
-			}
-			continue
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-timer.C:
+			return errDeadline
 		}
-		if errors.Is(err, errDeadline) && w.failing != nil {
-			return consulError(w.failing)
-		}
-		if err != nil {
-			return err
-		}
-		w.retry, w.failing = backoff{}, nil
-		if pair == nil || pair.Session == "" {
+		mu.Lock()
+		st := latest
+		mu.Unlock()
+		if !st.exists || st.session == "" {
 			return nil
 		}
-		if w.onHolder != nil && (w.holder == nil || w.holder.Session != pair.Session) {
-			w.onHolder(pair.Session)
-		}
-		w.holder = pair
+		w.saw(&api.KVPair{Key: w.key, Session: st.session, ModifyIndex: st.index})
 	}
 }
 
-// next answers at once when index is 0, else blocks until the key changes.
-// Consul adds up to wait/16 of jitter to a blocking query, so the wait asked
-// for is cut by that much to answer before the deadline; the context's
-// deadline is only the backstop.
-func (w *keyWatch) next(ctx context.Context) (*api.KVPair, error) {
-	left := time.Until(w.deadline)
-	if left <= 0 {
-		return nil, errDeadline
-	}
-	wait := min(left-left/16, maxBlockingWait)
-	qctx, cancel := context.WithDeadline(ctx, w.deadline)
-	defer cancel()
-	pair, meta, err := w.conn.c.KV().Get(w.key, w.conn.query(qctx, api.QueryOptions{
-		WaitIndex: w.index,
-		WaitTime:  wait,
-	}))
+// read reads the key at once, retrying passing failures until the
+// deadline.
+func (w *keyWatch) read(ctx context.Context) (*api.KVPair, error) {
+	var pair *api.KVPair
+	err := retry(ctx, w.deadline, func() error {
+		return w.conn.call(ctx, func() (err error) {
+			pair, _, err = w.conn.c.KV().Get(w.key, w.conn.query(ctx, api.QueryOptions{}))
+			return err
+		})
+	})
 	switch {
-	case ctx.Err() != nil:
+	case err != nil && ctx.Err() != nil:
 		return nil, context.Cause(ctx)
-	case qctx.Err() != nil:
-		return nil, errDeadline
 	case err != nil:
-		return nil, err
+		return nil, consulError(err)
 	}
-	w.index = nextIndex(w.index, meta.LastIndex)
 	return pair, nil
+}
+
+// saw records a holder, and tells onHolder of a new one.
+func (w *keyWatch) saw(pair *api.KVPair) {
+	if w.onHolder != nil && (w.holder == nil || w.holder.Session != pair.Session) {
+		w.onHolder(pair.Session)
+	}
+	if w.holder == nil || w.holder.Session != pair.Session || pair.Value != nil {
+		w.holder = pair
+	}
 }
 
 // nextIndex follows Consul's rules for blocking-query indexes: start over when

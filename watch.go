@@ -35,6 +35,10 @@ const (
 	// at all, and a change within it is seen by the first query, which
 	// blocks from the index of the take.
 	watchDelay = 10 * time.Millisecond
+	// splitAbove is how many watched keys make a group split into one per
+	// next character of its prefix, when the budget allows: a change then
+	// wakes a smaller list.
+	splitAbove = 512
 )
 
 // keyState is what a watch sees of a key.
@@ -53,6 +57,7 @@ type subscription struct {
 	last    keyState       // the state last told, or expected
 	hub     *hub
 	since   time.Time // when the watch began
+	eager   bool      // a waiter's: watched at once, not after watchDelay
 }
 
 // hub holds the watch queries of one client and token.
@@ -60,6 +65,7 @@ type hub struct {
 	conn   conn
 	mu     sync.Mutex
 	groups map[*watchGroup]struct{} // live and retired groups with a running query
+	splits map[string]bool          // prefixes whose keys are watched by one group per next character
 }
 
 type watchGroup struct {
@@ -80,17 +86,18 @@ var hubs = struct {
 
 // watchKey tells changed of each state of key, seen from the index of
 // expect on, that differs from expect and from the last one told, until the
-// returned subscription is cancelled.
-func watchKey(c conn, key string, expect keyState, changed func(keyState)) *subscription {
+// returned subscription is cancelled. A hold's watch starts querying once
+// it is watchDelay old; an eager one (a waiter's) at once.
+func watchKey(c conn, key string, expect keyState, eager bool, changed func(keyState)) *subscription {
 	hubs.Lock()
 	h := hubs.m[c]
 	if h == nil {
-		h = &hub{conn: c, groups: map[*watchGroup]struct{}{}}
+		h = &hub{conn: c, groups: map[*watchGroup]struct{}{}, splits: map[string]bool{}}
 		hubs.m[c] = h
 	}
 	h.mu.Lock()
 	hubs.Unlock()
-	sub := &subscription{key: key, known: expect.index, changed: changed, hub: h, last: expect, since: time.Now()}
+	sub := &subscription{key: key, known: expect.index, changed: changed, hub: h, last: expect, since: time.Now(), eager: eager}
 	g := h.join(sub)
 	if g.index == 0 && g.asked != 0 && sub.known < g.asked {
 		// The group's first query blocks from past this key's take: a
@@ -138,7 +145,7 @@ func (h *hub) join(sub *subscription) *watchGroup {
 			g = h.covering(sub.key)
 		}
 		if g == nil {
-			g = h.start(sub.key, nil)
+			g = h.start(h.prefixFor(sub.key), nil)
 		}
 	}
 	g.subs[sub] = struct{}{}
@@ -148,6 +155,21 @@ func (h *hub) join(sub *subscription) *watchGroup {
 		g.idle = nil
 	}
 	return g
+}
+
+// prefixFor is the prefix of a new group for key: its sibling's level under
+// a prefix that was split, else the key itself.
+func (h *hub) prefixFor(key string) string {
+	best := ""
+	for p := range h.splits {
+		if len(p) > len(best) && len(key) > len(p) && key[:len(p)] == p {
+			best = p
+		}
+	}
+	if best == "" {
+		return key
+	}
+	return key[:len(best)+1]
 }
 
 // covering returns the live group with the longest prefix of key, or nil.
@@ -201,6 +223,7 @@ func (h *hub) mergeClosest(key string) {
 			g.linger()
 		}
 	}
+	delete(h.splits, best)
 	h.start(best, moved)
 }
 
@@ -240,6 +263,9 @@ func (h *hub) start(prefix string, subs []*subscription) *watchGroup {
 func (g *watchGroup) young() time.Duration {
 	pause := watchDelay
 	for sub := range g.subs {
+		if sub.eager {
+			return 0
+		}
 		pause = min(pause, watchDelay-time.Since(sub.since))
 	}
 	return pause
@@ -332,9 +358,35 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
 			tell = append(tell, told{sub, st})
 		}
 	}
+	if len(g.subs) > splitAbove {
+		h.split(g)
+	}
 	h.mu.Unlock()
 	for _, t := range tell {
 		t.sub.changed(t.st)
+	}
+}
+
+// split replaces a large group by one group per next character of its
+// prefix among its watched keys, if the budget allows. h.mu is held.
+func (h *hub) split(g *watchGroup) {
+	children := map[string][]*subscription{}
+	for sub := range g.subs {
+		if len(sub.key) == len(g.prefix) {
+			return // a key that is the prefix itself: no finer prefix covers it
+		}
+		p := sub.key[:len(g.prefix)+1]
+		children[p] = append(children[p], sub)
+	}
+	if len(children) < 2 || h.live()-1+len(children) > maxWatchQueries {
+		return
+	}
+	g.retired = true
+	g.subs = map[*subscription]struct{}{}
+	h.splits[g.prefix] = true
+	for p, subs := range children {
+		c := h.start(p, subs)
+		c.index, c.last = g.index, g.last // the parent's answer covers the child's keys
 	}
 }
 
@@ -345,8 +397,10 @@ func (h *hub) catchUp(sub *subscription) {
 	var pair *api.KVPair
 	var meta *api.QueryMeta
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
-		pair, meta, err = h.conn.c.KV().Get(sub.key, h.conn.query(ctx, api.QueryOptions{}))
-		return err
+		return h.conn.call(ctx, func() (err error) {
+			pair, meta, err = h.conn.c.KV().Get(sub.key, h.conn.query(ctx, api.QueryOptions{}))
+			return err
+		})
 	})
 	if err != nil || meta.LastIndex < sub.known {
 		return // the local deadline covers a watch that cannot see
