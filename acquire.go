@@ -73,6 +73,10 @@ func (a *attempt) contend(ctx context.Context) (*session, []uint64, error) {
 // tryTake takes the keys once, with a live session, replacing a session
 // that Consul no longer knows.
 func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
+	value := a.value()
+	if err := checkValueSize(len(a.keys), len(value)); err != nil {
+		return nil, takeResult{}, err
+	}
 	for {
 		s, err := a.session(ctx)
 		if err != nil {
@@ -91,7 +95,7 @@ func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
 		}
 		a.attempts++
 		a.sent = time.Now()
-		spec := takeSpec{keys: a.keys, value: a.value(), flags: a.flags, session: s.id}
+		spec := takeSpec{keys: a.keys, value: value, flags: a.flags, session: s.id}
 		if a.also != nil {
 			spec.also = a.also(s)
 		}

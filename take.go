@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"time"
 
@@ -18,6 +19,24 @@ type takeSpec struct {
 	flags   uint64
 	session string
 	also    api.KVTxnOps // applied in the same transaction when the keys are taken
+}
+
+// maxTxnBytes is Consul's default cap on a transaction's request
+// (limits.txn_max_req_len, 512 KiB). A take carries each key's value
+// base64-encoded in one, so a value of more than about 384 KiB cannot be
+// taken at all.
+const maxTxnBytes = 512 * 1024
+
+// checkValueSize refuses, before anything is written, a value that would
+// make the take of n keys larger than a transaction Consul accepts (with
+// room for the keys and the request's framing).
+func checkValueSize(n, valueLen int) error {
+	const perKey = 1024 // the key, the session, the operation's JSON
+	if size := n * (base64.StdEncoding.EncodedLen(valueLen) + perKey); size > maxTxnBytes {
+		return fmt.Errorf("%w: the lock's value (%d bytes, %d base64-encoded per key, %d keys) makes a take of %d bytes, over the %d that Consul accepts in a transaction (limits.txn_max_req_len)",
+			ErrInvalidOption, valueLen, base64.StdEncoding.EncodedLen(valueLen), n, size, maxTxnBytes)
+	}
+	return nil
 }
 
 // takeResult is a take that Consul answered.

@@ -326,6 +326,19 @@ func TestUnitNotAcquiredNamesTheHolder(t *testing.T) {
 	}
 }
 
+func TestUnitValueSize(t *testing.T) {
+	t.Parallel()
+	if err := checkValueSize(1, 300*1024); err != nil {
+		t.Errorf("300 KiB: %v", err)
+	}
+	if err := checkValueSize(1, 400*1024); !errors.Is(err, ErrInvalidOption) || !strings.Contains(err.Error(), "txn_max_req_len") {
+		t.Errorf("400 KiB: %v, want ErrInvalidOption naming the limit", err)
+	}
+	if err := checkValueSize(64, 8*1024); !errors.Is(err, ErrInvalidOption) {
+		t.Errorf("64 keys of 8 KiB: %v", err)
+	}
+}
+
 func TestUnitGrouping(t *testing.T) {
 	t.Parallel()
 	if p := commonPrefix("locks/a/1", "locks/a/2"); p != "locks/a/" {
@@ -339,6 +352,13 @@ func TestUnitGrouping(t *testing.T) {
 	}
 	if p := commonFolder("a", "b"); p != "" {
 		t.Errorf("commonFolder = %q", p)
+	}
+	h := &hub{splits: map[string]bool{"locks/many/": true}}
+	if p := h.prefixFor("locks/many/2001"); p != "locks/many/2" {
+		t.Errorf("a key under a split prefix starts a sibling: %q", p)
+	}
+	if p := h.prefixFor("locks/other/k"); p != "locks/other/k" {
+		t.Errorf("any other key starts a group of its own: %q", p)
 	}
 	order := sortedOrder([]string{"c", "a", "b"})
 	if fmt.Sprint(order) != "[1 2 0]" {

@@ -216,3 +216,20 @@ func TestLockerWithRenewalHasNoMaximumLifespan(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A lock value too large for the transaction that takes the key is refused
+// before anything is written: no session, no key.
+func TestValueTooLargeWritesNothing(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	big := func() []byte { return make([]byte, 400*1024) }
+	l := newLock(t, c, lockName(t, "k"), consullock.WithValue(big))
+	if err := l.Acquire(t.Context()); !errors.Is(err, consullock.ErrInvalidOption) || !strings.Contains(err.Error(), "txn_max_req_len") {
+		t.Fatalf("Acquire with a 400 KiB value: %v, want ErrInvalidOption naming txn_max_req_len", err)
+	}
+	lease, err := newLocker(t, c, consullock.WithValue(big)).Acquire(t.Context(), lockName(t, "k"))
+	if lease != nil || !errors.Is(err, consullock.ErrInvalidOption) {
+		t.Fatalf("Locker.Acquire with a 400 KiB value: %v, want ErrInvalidOption", err)
+	}
+	assertNothingWritten(t, c, "locks/ephemeral/"+lockName(t, ""))
+}
