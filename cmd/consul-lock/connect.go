@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -78,6 +80,10 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 	set(&cfg.TLSConfig.CertFile, c.clientCert)
 	set(&cfg.TLSConfig.KeyFile, c.clientKey)
 	set(&cfg.Namespace, c.namespace)
+	// Keep idle as many connections as the library may have in flight, so
+	// that a busy process reuses them instead of leaving sockets in
+	// TIME_WAIT.
+	cfg.Transport.MaxIdleConnsPerHost = 72
 	client, err := api.NewClient(cfg)
 	if err != nil { // a bad address, or a token, CA or certificate file that cannot be read
 		return nil, nil, usageError{fmt.Errorf("bad Consul client settings: %w", err)}
@@ -90,14 +96,38 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 func ping(ctx context.Context, client *api.Client, cfg *api.Config) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
-	if err == nil && leader == "" {
-		err = errors.New("the agent knows no cluster leader")
+	pause := 20 * time.Millisecond
+	for {
+		leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
+		if err == nil && leader == "" {
+			err = errors.New("the agent knows no cluster leader")
+		}
+		if err == nil {
+			return nil
+		}
+		// A busy agent (429: too many connections from this host, or its
+		// rate limit) or one without a leader for now is asked again.
+		passing := strings.Contains(err.Error(), "429") || strings.Contains(err.Error(), "Unexpected response code: 5") || leader == ""
+		if !passing || sleepCtx(pctx, pause+rand.N(pause)) != nil {
+			if strings.Contains(err.Error(), "429") {
+				err = fmt.Errorf("%w (the agent serves at most limits.http_max_conns_per_client connections per client address, 200 by default)", err)
+			}
+			return unavailable(cfg, err)
+		}
+		pause = min(2*pause, time.Second)
 	}
-	if err != nil {
-		return unavailable(cfg, err)
+}
+
+// sleepCtx sleeps d, or returns ctx's error when it ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	return nil
 }
 
 // unavailable is the one-line report for an agent that cannot be used.

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/faultproxy"
+)
+
+// An agent that answers 429 (too many connections from this host) at
+// start-up is asked again rather than reported unreachable; one that keeps
+// answering 429 is reported with the limit named.
+func TestStartUpRetriesTooManyRequests(t *testing.T) {
+	t.Parallel()
+	proxy, err := faultproxy.Start(consultest.Shared(t).HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	var refused atomic.Int32
+	limit := int32(3)
+	proxy.SetRule(func(r *http.Request) (faultproxy.Fault, bool) {
+		if r.URL.Path == "/v1/status/leader" && refused.Load() < atomic.LoadInt32(&limit) {
+			refused.Add(1)
+			return faultproxy.Status429, true
+		}
+		return faultproxy.Pass, false
+	})
+	run := func() (int, string) {
+		cmd := exec.Command(bin, "status", lockKey(t))
+		cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+proxy.Addr())
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		cmd.Run()
+		return cmd.ProcessState.ExitCode(), errb.String()
+	}
+	if code, errOut := run(); code != 1 || refused.Load() != 3 {
+		t.Fatalf("status after 3 answers of 429: exit %d (%s), %d refused; want 1 (free) after 3", code, errOut, refused.Load())
+	}
+	refused.Store(0)
+	atomic.StoreInt32(&limit, 1<<30)
+	if code, errOut := run(); code != exitUnavailable || !strings.Contains(errOut, "http_max_conns_per_client") {
+		t.Fatalf("status while the agent answers 429: exit %d (%s), want %d naming the limit", code, errOut, exitUnavailable)
+	}
+}
