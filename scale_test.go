@@ -133,3 +133,191 @@ func TestWatchesShareFewQueries(t *testing.T) {
 	}
 	t.Logf("300 leases: at most %d blocking queries at once; a deleted key noticed in %v", most, noticed)
 }
+
+// One process holds 5,000 watched leases for three session TTLs, on an
+// agent with Consul's default limits: none is lost (a renewal refused for
+// want of a connection would lose them all), a deleted key among them is
+// noticed within a second, and a few blocking queries watch them all.
+func TestFiveThousandWatchedLeases(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	direct := consultest.ClientOf(t, agent)
+	c, proxy := proxiedClient(t, agent.HTTPAddr())
+	const ttl = consullock.MinLockTimeout
+	lk := newLocker(t, c, consullock.WithSessionTTL(ttl), consullock.WithAcquireTimeout(time.Minute))
+	ctx := context.Background()
+	const goroutines, keys = 64, 5000
+	leases := make([]*consullock.Lease, keys)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for g := range goroutines {
+		wg.Go(func() {
+			for k := g; k < keys; k += goroutines {
+				l, err := lk.Acquire(ctx, fmt.Sprintf("many/%04d", k))
+				if err != nil {
+					t.Errorf("acquire key %d: %v", k, err)
+					return
+				}
+				leases[k] = l
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	acquired := time.Since(start)
+	deadline := time.After(3 * ttl)
+	victim := leases[keys/2]
+	deletedAt := time.Now()
+	if _, err := direct.KV().Delete(victim.Key(), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-victim.Lost():
+	case <-time.After(time.Second):
+		t.Fatal("a deleted key among 5,000 watched was not noticed within a second")
+	}
+	noticed := time.Since(deletedAt)
+	<-deadline
+	for i, l := range leases {
+		if l != victim && l.Err() != nil {
+			t.Fatalf("lease %d lost after %v: %v", i, time.Since(start), l.Err())
+		}
+	}
+	_, most := proxy.BlockingInFlight()
+	if most > 16 {
+		t.Fatalf("%d blocking queries in flight at once for %d leases", most, keys)
+	}
+	start = time.Now()
+	for _, l := range leases {
+		wg.Go(func() {
+			if err := l.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if left, _, _ := direct.KV().Keys("locks/ephemeral/many/", "", nil); len(left) != 0 {
+		t.Fatalf("%d keys left after releasing them all", len(left))
+	}
+	t.Logf("%d leases acquired in %v, held for %v (3 session TTLs) with none lost, released in %v; a deleted key noticed in %v; at most %d blocking queries at once",
+		keys, acquired.Round(time.Millisecond), 3*ttl, time.Since(start).Round(time.Millisecond), noticed.Round(time.Millisecond), most)
+}
+
+// 500 EphemeralLocks, each with a session of its own and the default
+// acquire timeout (one attempt), are held at once and released at once,
+// within the agent's default 200 connections per client address, and leave
+// nothing behind.
+func TestFiveHundredEphemeralLocksAtOnce(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	c := consultest.ClientOf(t, agent)
+	ctx := context.Background()
+	const n = 500
+	locks := make([]*consullock.EphemeralLock, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		wg.Go(func() {
+			l := newLock(t, c, fmt.Sprintf("many/%03d", i))
+			if err := l.Acquire(ctx); err != nil {
+				t.Errorf("acquire %d: %v", i, err)
+				return
+			}
+			locks[i] = l
+		})
+	}
+	wg.Wait()
+	acquired := time.Since(start)
+	if t.Failed() {
+		t.FailNow()
+	}
+	start = time.Now()
+	for _, l := range locks {
+		wg.Go(func() {
+			if err := l.Release(ctx); err != nil {
+				t.Errorf("release %s: %v", l.Key(), err)
+			}
+		})
+	}
+	wg.Wait()
+	sessions, _, err := c.Session().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _, err := c.KV().Keys("locks/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sessions) != 0 || len(keys) != 0 {
+		t.Fatalf("left behind: %d sessions, %d keys", len(sessions), len(keys))
+	}
+	t.Logf("%d EphemeralLocks acquired at once in %v, released in %v, nothing left", n, acquired.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// 250 EphemeralLocks of one process wait for one key, each with a session
+// of its own: all get it in turn, one at a time, though their waits share a
+// few queries.
+func TestManyWaitersOnOneKey(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	c := consultest.ClientOf(t, agent)
+	const n = 250
+	var d overlapDetector
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range n {
+		wg.Go(func() {
+			if err := holdOnce(c, "one-key", 5*time.Minute, func() { d.section(time.Millisecond) }); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if d.overlaps.Load() != 0 || d.entries.Load() != n {
+		t.Fatalf("%d entries, %d overlaps; want %d and 0", d.entries.Load(), d.overlaps.Load(), n)
+	}
+	t.Logf("%d waiters on one key all held it in turn in %v", n, time.Since(start).Round(time.Millisecond))
+}
+
+// A held lease costs no goroutine of its own and little memory: 1,000
+// leases held through one Locker add a handful of goroutines (the session's
+// renewer, the shared watches). Not parallel: it counts the process's
+// goroutines.
+func TestGoroutinesAndMemoryPerLease(t *testing.T) {
+	c := consultest.Client(t)
+	lk := newLocker(t, c)
+	ctx := context.Background()
+	const keys = 1000
+	warm, err := lk.Acquire(ctx, lockName(t, "warm-up"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goroutinesBefore, heapBefore := runtime.NumGoroutine(), heapInUse()
+	leases := make([]*consullock.Lease, keys)
+	for i := range leases {
+		if leases[i], err = lk.Acquire(ctx, lockName(t, fmt.Sprintf("k%04d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	extra := runtime.NumGoroutine() - goroutinesBefore
+	perLease := float64(heapInUse()-heapBefore) / keys
+	for _, l := range append(leases, warm) {
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if extra > 30 {
+		t.Fatalf("%d more goroutines while %d leases are held, want a handful whatever the number of leases", extra, keys)
+	}
+	t.Logf("%d leases held: %d more goroutines, %.1f KB of heap per lease", keys, extra, perLease/1024)
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
