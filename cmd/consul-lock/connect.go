@@ -61,7 +61,7 @@ func (c *connFlags) client(ctx context.Context) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return client, ping(ctx, client, cfg)
+	return client, ping(ctx, client, cfg, 5*time.Second)
 }
 
 // newClient builds the client from the flags and the environment, without
@@ -92,9 +92,11 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 }
 
 // ping checks that the agent of client, built from cfg, answers and knows a
-// leader, within 5 s.
-func ping(ctx context.Context, client *api.Client, cfg *api.Config) error {
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// leader. An agent that refuses the connection fails it at once; one that is
+// busy (429, 5xx, no leader yet) is asked again for up to busy (at least
+// 5 s): a command that may wait for its lock may wait for a connection too.
+func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Duration) error {
+	pctx, cancel := context.WithTimeout(ctx, max(busy, 5*time.Second))
 	defer cancel()
 	pause := 20 * time.Millisecond
 	for {

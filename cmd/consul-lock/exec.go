@@ -104,7 +104,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 		return usageError{err}
 	}
 	defer done(context.WithoutCancel(ctx))
-	if err := ping(ctx, client, cfg); err != nil {
+	if err := ping(ctx, client, cfg, f.acquireTimeout()); err != nil {
 		return err
 	}
 	return execLocked(ctx, take, argv, f, s)

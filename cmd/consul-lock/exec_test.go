@@ -294,3 +294,4 @@ func TestExecSemaphore(t *testing.T) {
 		t.Fatalf("keys left: %q", keys)
 	}
 }
+
