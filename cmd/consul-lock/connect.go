@@ -101,7 +101,8 @@ func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Du
 	pause := 20 * time.Millisecond
 	for {
 		leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
-		if err == nil && leader == "" {
+		noLeader := err == nil && leader == ""
+		if noLeader {
 			err = errors.New("the agent knows no cluster leader")
 		}
 		if err == nil {
@@ -109,7 +110,7 @@ func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Du
 		}
 		// A busy agent (429: too many connections from this host, or its
 		// rate limit) or one without a leader for now is asked again.
-		passing := strings.Contains(err.Error(), "429") || strings.Contains(err.Error(), "Unexpected response code: 5") || leader == ""
+		passing := strings.Contains(err.Error(), "429") || strings.Contains(err.Error(), "Unexpected response code: 5") || noLeader
 		if !passing || sleepCtx(pctx, pause+rand.N(pause)) != nil {
 			if strings.Contains(err.Error(), "429") {
 				err = fmt.Errorf("%w (the agent serves at most limits.http_max_conns_per_client connections per client address, 200 by default)", err)

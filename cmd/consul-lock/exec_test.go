@@ -294,4 +294,3 @@ func TestExecSemaphore(t *testing.T) {
 		t.Fatalf("keys left: %q", keys)
 	}
 }
-
