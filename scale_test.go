@@ -3,10 +3,15 @@ package consullock_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
@@ -320,4 +325,65 @@ func heapInUse() int64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
+}
+
+// 10,000 Hold cycles by 8 goroutines through a client configured as the
+// README says (api.DefaultConfig with 72 idle connections kept) reuse their
+// connections: almost no socket is left in TIME_WAIT.
+func TestCyclesReuseConnections(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	cfg := api.DefaultConfig()
+	cfg.Address = agent.HTTPAddr()
+	cfg.Transport.MaxIdleConnsPerHost = 72
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	lk := newLocker(t, c)
+	port := agent.HTTPAddr()[strings.LastIndex(agent.HTTPAddr(), ":")+1:]
+	before := socketsInTimeWait(t, port)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 1250 {
+				if err := lk.Hold(context.Background(), fmt.Sprintf("tw/%d-%d", w, i%4), func(context.Context) error { return nil }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	left := socketsInTimeWait(t, port) - before
+	if left > 100 {
+		t.Fatalf("%d sockets to the agent in TIME_WAIT after 10,000 cycles, want almost none", left)
+	}
+	t.Logf("10,000 cycles by 8 goroutines: %d more sockets to the agent in TIME_WAIT", left)
+}
+
+// socketsInTimeWait counts this host's TCP sockets in TIME_WAIT whose
+// remote port is port (Linux).
+func socketsInTimeWait(t *testing.T, port string) int {
+	t.Helper()
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suffix := fmt.Sprintf(":%04X", p)
+	n := 0
+	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatalf("count sockets: %v", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 3 && f[3] == "06" && strings.HasSuffix(f[2], suffix) {
+				n++
+			}
+		}
+	}
+	return n
 }
