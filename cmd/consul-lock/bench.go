@@ -16,6 +16,7 @@ import (
 
 	"github.com/consullock/consullock/internal/bench"
 	"github.com/consullock/consullock/internal/consulagent"
+	"github.com/consullock/consullock/internal/progress"
 )
 
 const benchUsage = `Usage: consul-lock bench [flags]
@@ -34,10 +35,14 @@ latency, cycles per second, and the ratios between them:
 The agent is the one at CONSUL_HTTP_ADDR when it answers, else a dev agent
 that bench starts; -cluster 3 starts a 3-server cluster instead.
 
+Progress goes to stderr: redrawn on one line when stderr is a terminal, else
+a plain line every few seconds; -q shows none.
+
 Examples:
   consul-lock bench
   consul-lock bench -cluster 3 -plot latency.svg
   consul-lock bench -json > results.json
+  consul-lock bench -cluster 3 2>&1 | tee bench.log
 
 Flags:
 `
@@ -56,6 +61,7 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	cluster := fs.Int("cluster", 0, "start a cluster of this many servers (3 or 5) instead of using CONSUL_HTTP_ADDR")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	plot := fs.String("plot", "", "write an SVG chart of the uncontended latency distributions to this `file`")
+	quiet := fs.Bool("q", false, "show no progress")
 	fs.Usage = func() { fmt.Fprint(s.errOut, benchUsage); fs.PrintDefaults() }
 	if err := parseFlags(fs, args, s.errOut, 0, 0); err != nil {
 		return err
@@ -67,7 +73,9 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	if *plot != "" && filepath.Ext(*plot) != ".svg" {
 		return usageError{fmt.Errorf("-plot %s: only .svg charts are written", *plot)}
 	}
-	c, where, cleanup, err := benchAgent(ctx, *cluster, s.errOut)
+	meter := progress.New(s.errOut, *quiet)
+	defer meter.Done() // before an error is printed on the line
+	c, where, cleanup, err := benchAgent(ctx, *cluster, meter)
 	if err != nil {
 		return err
 	}
@@ -76,7 +84,7 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 
 	report := benchReport{Agent: where}
 	for _, impl := range bench.Impls() {
-		r, err := runCase(ctx, c, impl, bench.Spec{Workers: 1, Cycles: *cycles}, s.errOut)
+		r, err := runCase(ctx, c, impl, bench.Spec{Workers: 1, Cycles: *cycles}, meter)
 		if err != nil {
 			return err
 		}
@@ -84,14 +92,14 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	}
 	for _, n := range workers {
 		for _, impl := range bench.Impls()[1:] { // the raw floor is no lock
-			r, err := runCase(ctx, c, impl, bench.Spec{Workers: n, Duration: *duration}, s.errOut)
+			r, err := runCase(ctx, c, impl, bench.Spec{Workers: n, Duration: *duration}, meter)
 			if err != nil {
 				return err
 			}
 			report.Contended = append(report.Contended, r)
 		}
 	}
-	fmt.Fprint(s.errOut, "\r\033[K")
+	meter.Done()
 	if *plot != "" {
 		if err := writePlot(*plot, where, report.Uncontended); err != nil {
 			return err
@@ -105,21 +113,17 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	return nil
 }
 
-// runCase runs one case, showing its progress on one terminal line.
-func runCase(ctx context.Context, c *api.Client, impl bench.Impl, spec bench.Spec, progress io.Writer) (bench.Result, error) {
-	label := fmt.Sprintf("%s, %d worker(s)", impl.Name, spec.Workers)
+// runCase runs one case, showing its progress on meter. The workers report
+// at once, each after its every cycle; the meter keeps one line in order.
+func runCase(ctx context.Context, c *api.Client, impl bench.Impl, spec bench.Spec, meter *progress.Meter) (bench.Result, error) {
+	label := fmt.Sprintf("bench: %s, %d worker(s)", impl.Name, spec.Workers)
 	start := time.Now()
-	last := time.Time{}
 	key := fmt.Sprintf("bench-%d-%d", spec.Workers, time.Now().UnixNano())
 	return bench.RunSpec(ctx, c, impl, key, spec, func(done int) {
-		if time.Since(last) < 100*time.Millisecond {
-			return
-		}
-		last = time.Now()
 		if spec.Cycles > 0 {
-			fmt.Fprintf(progress, "\r\033[K%s: %d/%d cycles", label, done, spec.Cycles)
+			meter.Show(fmt.Sprintf("%s: %d/%d cycles", label, done, spec.Cycles))
 		} else {
-			fmt.Fprintf(progress, "\r\033[K%s: %d cycles, %.0fs/%.0fs", label, done, time.Since(start).Seconds(), spec.Duration.Seconds())
+			meter.Show(fmt.Sprintf("%s: %d cycles, %.0fs/%.0fs", label, done, time.Since(start).Seconds(), spec.Duration.Seconds()))
 		}
 	})
 }
@@ -138,9 +142,9 @@ func parseWorkers(s string) ([]int, error) {
 
 // benchAgent returns a client of the agent to measure: a cluster of its own
 // when asked, the one at CONSUL_HTTP_ADDR when it answers, else a dev agent.
-func benchAgent(ctx context.Context, servers int, stderr io.Writer) (*api.Client, string, func(), error) {
+func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (*api.Client, string, func(), error) {
 	if servers > 0 {
-		bin, err := consulagent.Binary(ctx, stderr)
+		bin, err := consulagent.Binary(ctx, meter)
 		if err != nil {
 			return nil, "", nil, err
 		}
@@ -162,7 +166,7 @@ func benchAgent(ctx context.Context, servers int, stderr io.Writer) (*api.Client
 		where := fmt.Sprintf("%d-server loopback cluster, Consul v%s", servers, consulagent.Version)
 		return c, where, func() { closeIdle(); cl.Stop(); os.RemoveAll(dir) }, nil
 	}
-	addr, cleanup, err := demoAgent(ctx, stderr)
+	addr, cleanup, err := demoAgent(ctx, meter)
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consullock/consullock/internal/progress"
 )
 
 // demoSectionCommand is the hidden command that the demo's workers run
@@ -41,7 +43,7 @@ func runDemo(ctx context.Context, args []string, s stdio) error {
 	if err != nil {
 		return err
 	}
-	addr, cleanup, err := demoAgent(ctx, s.errOut)
+	addr, cleanup, err := demoAgent(ctx, progress.New(s.errOut, false))
 	if err != nil {
 		return err
 	}
@@ -133,19 +135,20 @@ func (t *timeline) say(format string, a ...any) {
 }
 
 // demoAgent returns the address of the agent the environment names when it
-// answers, else of a dev agent started for the demo.
-func demoAgent(ctx context.Context, stderr io.Writer) (string, func(), error) {
+// answers, else of a dev agent started for the demo. What it does goes to
+// meter, which -q silences.
+func demoAgent(ctx context.Context, meter *progress.Meter) (string, func(), error) {
 	cfg := api.DefaultConfig()
 	if c, err := api.NewClient(cfg); err == nil && answers(ctx, c) {
-		fmt.Fprintf(stderr, "using the Consul agent at %s\n", cfg.Address)
+		meter.Say("using the Consul agent at " + cfg.Address)
 		return cfg.Address, func() {}, nil
 	}
-	fmt.Fprintf(stderr, "no Consul agent answers at %s: starting a dev agent\n", cfg.Address)
-	agent, cleanup, err := startDevAgent(ctx, stderr)
+	meter.Say("no Consul agent answers at " + cfg.Address + ": starting a dev agent")
+	agent, cleanup, err := startDevAgent(ctx, meter)
 	if err != nil {
 		return "", nil, err
 	}
-	fmt.Fprintf(stderr, "dev agent at %s\n", agent.HTTPAddr())
+	meter.Say("dev agent at " + agent.HTTPAddr())
 	return agent.HTTPAddr(), cleanup, nil
 }
 

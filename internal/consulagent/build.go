@@ -4,6 +4,7 @@
 package consulagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +13,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
+
+	"github.com/consullock/consullock/internal/progress"
 )
 
 // Version is the Consul release that consullock is developed and tested
@@ -26,8 +30,10 @@ const EnvBinary = "CONSULLOCK_CONSUL_BIN"
 // Binary returns the path of the pinned Consul binary, building it from
 // tools/consul into the git-ignored bin/ folder when it is missing. Builds
 // from concurrent test processes are serialised; the first on a fresh machine
-// takes several minutes, and progress (Go's own output) goes to progress.
-func Binary(ctx context.Context, progress io.Writer) (string, error) {
+// takes several minutes. Its progress, a line and Go's own output, goes to
+// out by the rule of package progress (out may be a *progress.Meter, to be
+// quiet); when the build fails, the error ends with the last of Go's output.
+func Binary(ctx context.Context, out io.Writer) (string, error) {
 	if p := os.Getenv(EnvBinary); p != "" {
 		return p, nil
 	}
@@ -47,16 +53,26 @@ func Binary(ctx context.Context, progress io.Writer) (string, error) {
 	if _, err := os.Stat(bin); err == nil { // built while we waited
 		return bin, nil
 	}
-	fmt.Fprintf(progress, "consulagent: building Consul v%s into %s (first use: a few minutes of downloading and compiling)\n", Version, bin)
+	meter := progress.From(out)
+	defer meter.Done()
+	meter.Say(fmt.Sprintf("consulagent: building Consul v%s into %s (first use: a few minutes of downloading and compiling)", Version, bin))
 	tmp := bin + ".tmp"
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", tmp, ".")
 	cmd.Dir = filepath.Join(root, "tools", "consul")
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly -buildvcs=false", "CGO_ENABLED=0")
-	cmd.Stdout, cmd.Stderr = progress, progress
+	var goOut bytes.Buffer // all of it: the meter shows only some lines
+	cmd.Stdout = io.MultiWriter(meter, &goOut)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("build Consul v%s in %s: %w", Version, cmd.Dir, err)
+		return "", fmt.Errorf("build Consul v%s in %s: %w\n%s", Version, cmd.Dir, err, lastLines(goOut.String(), 20))
 	}
 	return bin, os.Rename(tmp, bin)
+}
+
+// lastLines is the end of a failed build's output, where Go says why.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // repoRoot finds the checkout that holds tools/consul: from this source file
