@@ -62,8 +62,8 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	plot := fs.String("plot", "", "write an SVG chart of the uncontended latency distributions to this `file`")
 	quiet := fs.Bool("q", false, "show no progress")
-	fs.Usage = func() { fmt.Fprint(s.errOut, benchUsage); fs.PrintDefaults() }
-	if err := parseFlags(fs, args, s.errOut, 0, 0); err != nil {
+	fs.Usage = func() { fmt.Fprint(fs.Output(), benchUsage); fs.PrintDefaults() }
+	if err := parseFlags(fs, args, s, 0, 0); err != nil {
 		return err
 	}
 	workers, err := parseWorkers(*workersFlag)

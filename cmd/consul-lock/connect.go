@@ -48,7 +48,7 @@ func newKeyFlagSet(name, usage string, s stdio) (*flag.FlagSet, *keyFlags) {
 	k.conn.register(fs)
 	fs.StringVar(&k.pattern, "key-pattern", consullock.Defaults.KeyPattern, "Consul key of lock KEY, with %s for KEY")
 	fs.Usage = func() {
-		fmt.Fprint(s.errOut, usage)
+		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
 	return fs, &k

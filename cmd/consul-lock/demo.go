@@ -30,10 +30,10 @@ func runDemo(ctx context.Context, args []string, s stdio) error {
 	hold := fs.Duration("hold", 300*time.Millisecond, "how long each worker holds the lock")
 	key := fs.String("key", "consul-lock-demo", "lock KEY (Consul key locks/ephemeral/KEY)")
 	fs.Usage = func() {
-		fmt.Fprintf(s.errOut, "Usage: consul-lock demo [flags]\n\nWorker processes contend for one lock through `consul-lock exec` and take\nturns; the timeline shows each turn's fencing token and how long the worker\nwaited. Uses the agent at CONSUL_HTTP_ADDR when one answers there, else starts\na dev agent of its own (building Consul on first use) and stops it at the end.\nCtrl-C stops the workers, which release what they hold.\n\nExamples:\n  consul-lock demo\n  consul-lock demo -workers 8 -rounds 5 -hold 100ms\n  CONSUL_HTTP_ADDR=127.0.0.1:8500 consul-lock demo -key my-first-lock\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: consul-lock demo [flags]\n\nWorker processes contend for one lock through `consul-lock exec` and take\nturns; the timeline shows each turn's fencing token and how long the worker\nwaited. Uses the agent at CONSUL_HTTP_ADDR when one answers there, else starts\na dev agent of its own (building Consul on first use) and stops it at the end.\nCtrl-C stops the workers, which release what they hold.\n\nExamples:\n  consul-lock demo\n  consul-lock demo -workers 8 -rounds 5 -hold 100ms\n  CONSUL_HTTP_ADDR=127.0.0.1:8500 consul-lock demo -key my-first-lock\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args, s.errOut, 0, 0); err != nil {
+	if err := parseFlags(fs, args, s, 0, 0); err != nil {
 		return err
 	}
 	if *workers < 1 || *rounds < 1 || *hold < 0 {

@@ -14,9 +14,9 @@ func runDev(ctx context.Context, args []string, s stdio) error {
 	stdout, stderr := s.out, s.errOut
 	fs := flag.NewFlagSet("consul-lock dev", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: consul-lock dev\n\nStarts Consul v%s as an in-memory dev agent on loopback, on free ports\n(building it on first use), prints the line that points consul-lock and\nthe consul command at it, and runs until interrupted.\n\nExample:\n  consul-lock dev &\n  export CONSUL_HTTP_ADDR=127.0.0.1:PORT   # as printed\n", consulagent.Version)
+		fmt.Fprintf(fs.Output(), "Usage: consul-lock dev\n\nStarts Consul v%s as an in-memory dev agent on loopback, on free ports\n(building it on first use), prints the line that points consul-lock and\nthe consul command at it, and runs until interrupted.\n\nExample:\n  consul-lock dev &\n  export CONSUL_HTTP_ADDR=127.0.0.1:PORT   # as printed\n", consulagent.Version)
 	}
-	if err := parseFlags(fs, args, stderr, 0, 0); err != nil {
+	if err := parseFlags(fs, args, s, 0, 0); err != nil {
 		return err
 	}
 	agent, cleanup, err := startDevAgent(ctx, stderr)

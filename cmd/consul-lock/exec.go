@@ -69,7 +69,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	fs.IntVar(&f.conflict, "conflict-exit-code", exitConflict, "exit status when the lock is not acquired in time")
 	fs.BoolVar(&f.verbose, "v", false, "print the wait, the hold time and the fencing token to stderr")
 	fs.IntVar(&f.n, "n", 1, "let up to `N` holders run at once (a semaphore of N slots; at most 24h each)")
-	if err := parseFlags(fs, args, s.errOut, 2, -1); err != nil {
+	if err := parseFlags(fs, args, s, 2, -1); err != nil {
 		return err
 	}
 	name, argv := fs.Arg(0), fs.Args()[1:]

@@ -7,13 +7,17 @@
 //	consul-lock dev                                     a local Consul for trying it out
 //	consul-lock demo                                    watch processes take turns
 //	consul-lock bench                                   measure, side by side with consul/api
+//	consul-lock version [-json]                         what to put in a bug report
+//	consul-lock help [COMMAND]                          the commands, or a command's flags
 //
-// Run `consul-lock COMMAND -h` for a command's flags and examples. Locks are
+// Run `consul-lock help COMMAND` (or `consul-lock COMMAND -h`) for a
+// command's flags and examples. Locks are
 // the keys of the library's EphemeralLock (locks/ephemeral/KEY), so Go
 // services, python-consul-lock and consul-lock exclude each other.
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -55,7 +59,11 @@ var commands = []command{
 	{"dev", "run the pinned Consul as a local dev agent until interrupted", runDev},
 	{"demo", "watch processes take turns on one lock", runDemo},
 	{"bench", "measure lock cycles against consul/api's Lock and the raw-KV floor", runBench},
+	{"version", "print the versions of consul-lock, its Go and the Consul it starts", runVersion},
 }
+
+// helpCommand is handled by run itself: it runs the other commands.
+const helpCommand = "help"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -64,24 +72,104 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, s stdio) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+	if len(args) == 0 {
 		usage(s.errOut)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	name, args := args[0], args[1:]
+	switch name {
+	case "-h", "-help", "--help":
+		usage(s.out)
+		return 0
+	case "-version", "--version":
+		name = "version"
+	case helpCommand:
+		return runHelp(ctx, args, s)
+	case demoSectionCommand:
+		return exitCode(runDemoSection(ctx, args, s), "consul-lock", s.errOut)
+	}
+	c, ok := findCommand(name)
+	if !ok {
+		return unknownCommand(name, s.errOut)
+	}
+	return exitCode(c.run(ctx, args, s), "consul-lock "+c.name, s.errOut)
+}
+
+// runHelp is `consul-lock help [COMMAND]`: the usage, or COMMAND -h, on
+// stdout.
+func runHelp(ctx context.Context, args []string, s stdio) int {
+	switch {
+	case len(args) > 1:
+		fmt.Fprintf(s.errOut, "consul-lock help: unexpected argument %q\n", args[1])
+		return exitUsage
+	case len(args) == 0 || args[0] == helpCommand:
+		usage(s.out)
 		return 0
 	}
+	if _, ok := findCommand(args[0]); !ok {
+		return unknownCommand(args[0], s.errOut)
+	}
+	return run(ctx, []string{args[0], "-h"}, s)
+}
+
+func findCommand(name string) (command, bool) {
 	for _, c := range commands {
-		if c.name == args[0] {
-			return exitCode(c.run(ctx, args[1:], s), "consul-lock "+c.name, s.errOut)
+		if c.name == name {
+			return c, true
 		}
 	}
-	if args[0] == demoSectionCommand {
-		return exitCode(runDemoSection(ctx, args[1:], s), "consul-lock", s.errOut)
+	return command{}, false
+}
+
+// unknownCommand says that name is no command, suggesting the nearest one
+// when it looks like a typo, and returns the usage exit status.
+func unknownCommand(name string, stderr io.Writer) int {
+	if near := nearestCommand(name); near != "" {
+		fmt.Fprintf(stderr, "consul-lock: unknown command %q; did you mean %q?\nRun 'consul-lock help' for the list of commands.\n", name, near)
+		return exitUsage
 	}
-	fmt.Fprintf(s.errOut, "consul-lock: unknown command %q\n\n", args[0])
-	usage(s.errOut)
+	fmt.Fprintf(stderr, "consul-lock: unknown command %q\n\n", name)
+	usage(stderr)
 	return exitUsage
+}
+
+// nearestCommand is the command name closest to name, when at most two
+// edits away and those edits change at most half of name: "stauts" is a
+// typo of "status", but "-v" is not one of "dev".
+func nearestCommand(name string) string {
+	names := []string{helpCommand}
+	for _, c := range commands {
+		names = append(names, c.name)
+	}
+	best, bestDist := "", 3
+	for _, n := range names {
+		if d := levenshtein(name, n); d < bestDist && 2*d <= len(name) {
+			best, bestDist = n, d
+		}
+	}
+	return best
+}
+
+// levenshtein is the edit distance between a and b: the fewest insertions,
+// deletions and substitutions of bytes that turn a into b.
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // exitCode turns a command's error into its exit status, saying why on
@@ -106,12 +194,14 @@ func exitCode(err error, who string, stderr io.Writer) int {
 	}
 }
 
+// usage lists the commands: on stdout when asked for, else on stderr.
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: consul-lock COMMAND [flags]\n\nCommands:")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'consul-lock COMMAND -h' for a command's flags and examples.")
+	fmt.Fprintf(w, "  %-8s %s\n", helpCommand, "show the commands, or a command's flags and examples")
+	fmt.Fprintln(w, "\nRun 'consul-lock help COMMAND' (or 'consul-lock COMMAND -h') for a command's\nflags and examples, and 'consul-lock version' for a bug report.")
 }
 
 // usageError is a mistake on the command line: exit status 64.
@@ -126,13 +216,19 @@ type exitError struct {
 func (e exitError) Error() string { return fmt.Sprintf("exit %d: %s", e.code, e.msg) }
 
 // parseFlags parses args with fs, whose errors are usage errors, and checks
-// the number of positional arguments.
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer, minArgs, maxArgs int) error {
-	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
+// the number of positional arguments. The usage goes to stdout when asked
+// for with -h, as the output, and to stderr after a mistake.
+func parseFlags(fs *flag.FlagSet, args []string, s stdio, minArgs, maxArgs int) error {
+	var usage bytes.Buffer
+	fs.SetOutput(&usage)
+	err := fs.Parse(args)
+	fs.SetOutput(s.errOut)
+	if errors.Is(err, flag.ErrHelp) {
+		s.out.Write(usage.Bytes())
+		return err
+	}
+	s.errOut.Write(usage.Bytes())
+	if err != nil {
 		return usageError{err}
 	}
 	switch n := fs.NArg(); {

@@ -146,8 +146,8 @@ func TestUsageErrorsExit64(t *testing.T) {
 		}
 	}
 	r := cli(t, "exec", "-h")
-	if r.code != 0 || !strings.Contains(r.errOut, "Usage: consul-lock exec") {
-		t.Errorf("consul-lock exec -h exited %d with %q, want 0 and its usage", r.code, r.errOut)
+	if r.code != 0 || !strings.Contains(r.out, "Usage: consul-lock exec") || r.errOut != "" {
+		t.Errorf("consul-lock exec -h exited %d with stdout %q, stderr %q, want 0 and its usage on stdout", r.code, r.out, r.errOut)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 func runRelease(ctx context.Context, args []string, s stdio) error {
 	fs, k := newKeyFlagSet("consul-lock release", "Usage: consul-lock release [flags] KEY\n\nForce-releases lock KEY, whose holder is gone, by destroying the holder's\nsession. A holder that is still alive loses the lock, and consul-lock exec\nstops its command. Says what it is about to do and asks first, unless -yes.\n\nExamples:\n  consul-lock release nightly-report\n  consul-lock release -yes nightly-report\n\nFlags:\n", s)
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
-	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
+	if err := parseFlags(fs, args, s, 1, 1); err != nil {
 		return err
 	}
 	c, info, err := lookup(ctx, k, fs.Arg(0))

@@ -53,7 +53,7 @@ func describe(ctx context.Context, c *api.Client, pair *api.KVPair, key string) 
 func runStatus(ctx context.Context, args []string, s stdio) error {
 	fs, k := newKeyFlagSet("consul-lock status", "Usage: consul-lock status [flags] KEY\n\nShows whether lock KEY is held, and by whom: holder host and pid, session,\nfencing token, and since when. Exits 0 when held, 1 when free.\n\nExample:\n  consul-lock status nightly-report\n\nFlags:\n", s)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args, s.errOut, 1, 1); err != nil {
+	if err := parseFlags(fs, args, s, 1, 1); err != nil {
 		return err
 	}
 	_, info, err := lookup(ctx, k, fs.Arg(0))
@@ -74,7 +74,7 @@ func runStatus(ctx context.Context, args []string, s stdio) error {
 func runList(ctx context.Context, args []string, s stdio) error {
 	fs, k := newKeyFlagSet("consul-lock list", "Usage: consul-lock list [flags] [PREFIX]\n\nLists the locks held now whose KEY starts with PREFIX.\n\nExamples:\n  consul-lock list\n  consul-lock list -json billing/\n\nFlags:\n", s)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args, s.errOut, 0, 1); err != nil {
+	if err := parseFlags(fs, args, s, 0, 1); err != nil {
 		return err
 	}
 	base, _, _ := strings.Cut(k.pattern, "%s")
