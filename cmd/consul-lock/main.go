@@ -25,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -137,6 +138,7 @@ func unknownCommand(name string, stderr io.Writer) int {
 // edits away and those edits change at most half of name: "stauts" is a
 // typo of "status", but "-v" is not one of "dev".
 func nearestCommand(name string) string {
+	name = strings.TrimLeft(name, "-") // --verison is a typo too
 	names := []string{helpCommand}
 	for _, c := range commands {
 		names = append(names, c.name)
