@@ -25,7 +25,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "consul-lock")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	// -trimpath, as a release is built: the binary then finds the checkout
+	// to build Consul in from its working directory, which a test can set.
+	if out, err := exec.Command("go", "build", "-trimpath", "-o", bin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build consul-lock: %v\n%s", err, out)
 		os.Exit(1)
 	}
