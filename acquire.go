@@ -33,11 +33,11 @@ type attempt struct {
 	// also returns operations to apply with the take, if any.
 	also func(s *session) api.KVTxnOps
 
-	// before, if set, runs before each take with s, and may wait (a fair
-	// queue's turn).
-	before func(ctx context.Context, s *session) error
-	// onFail, if set, runs when the acquire fails.
-	onFail func()
+	// current, if set, returns the session the next take would use, if
+	// there is one, without creating one.
+	current func() *session
+	// q, if set, is the acquire's place in the queue of its one key.
+	q *place
 
 	// pending, once an acquire failed, waits until its last take's fate
 	// is known and undoes it if it may have applied: a take in flight
@@ -56,9 +56,27 @@ type attempt struct {
 // ErrNotAcquired once the deadline passed while a key was held.
 func (a *attempt) contend(ctx context.Context) (*session, []uint64, error) {
 	for {
+		if a.q != nil && a.q.inLine() {
+			s, token, err := a.q.wait(ctx)
+			switch {
+			case err != nil:
+				return nil, nil, err
+			case token != 0:
+				a.sent = time.Now()
+				return s, []uint64{token}, nil
+			}
+			// Free with this waiter first in line: take it.
+		}
 		s, res, err := a.tryTake(ctx)
 		if err != nil || res.taken() {
+			if a.q != nil && err == nil && a.q.by == s {
+				a.q.me = "" // the take deleted the contender key
+			}
 			return s, res.tokens, err
+		}
+		if a.q != nil && !res.delayed && time.Now().Before(a.deadline) {
+			a.q.blocked = true // wait in line
+			continue
 		}
 		w := a.watch(a.keys[res.blocked])
 		switch err := w.wait(ctx, res.delayed); {
@@ -83,16 +101,6 @@ func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
 			return nil, takeResult{}, err
 		}
 		a.last = s
-		if a.before != nil {
-			err := a.before(ctx, s)
-			if errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline) {
-				s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
-				continue
-			}
-			if err != nil {
-				return nil, takeResult{}, err
-			}
-		}
 		a.attempts++
 		a.sent = time.Now()
 		spec := takeSpec{keys: a.keys, value: value, flags: a.flags, session: s.id}
@@ -106,16 +114,45 @@ func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
 			continue
 		case err != nil:
 			if !d.none() {
-				a.pending = func() {
+				a.pendingToo(func() {
 					if d.applied() {
 						a.undo(s, a.keys)
 					}
-				}
+				})
 			}
 			return nil, takeResult{}, err
 		}
 		return s, res, nil
 	}
+}
+
+// pendingToo adds fn to what pending runs.
+func (a *attempt) pendingToo(fn func()) {
+	if prev := a.pending; prev != nil {
+		a.pending = func() { prev(); fn() }
+		return
+	}
+	a.pending = fn
+}
+
+// fail undoes, once an acquire failed, what it may have left: its last
+// take in doubt, and its place in the queue.
+func (a *attempt) fail() {
+	if a.q != nil && a.q.me != "" {
+		a.pendingToo(a.q.leave)
+	}
+}
+
+// ownSession returns the ID of the session the next take would use, or "".
+func (a *attempt) ownSession() string {
+	s := a.last
+	if a.current != nil && a.current() != nil {
+		s = a.current()
+	}
+	if s == nil {
+		return ""
+	}
+	return s.id
 }
 
 // watch returns the keyWatch of key, made on first use.

@@ -57,9 +57,10 @@ func (l *Lease) PutFenced(ctx context.Context, key string, value []byte) error {
 	return l.h.PutFenced(ctx, key, value)
 }
 
-// Release gives the lock back in one consensus write that deletes the key
-// only if it is still as this lease took it, or, when another goroutine of
-// the Locker waits for the key, hands it over without a write (see Locker).
+// Release gives the lock back in one consensus write: it hands the key to
+// the first waiter of another process in line, or deletes it, only if it is
+// still as this lease took it; when another goroutine of the Locker waits
+// for the key, it hands it over without a write (see Locker).
 // Like EphemeralLock.Release it completes even when ctx is already
 // cancelled, trying for up to 10 s, and a second Release while one is in
 // flight returns the first one's outcome. It is idempotent; after a loss it
@@ -76,7 +77,7 @@ func (l *Lease) release(ctx context.Context, h *held) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
 	start := time.Now()
-	err := giveBackKey(ctx, l.lk.conn, h.key, h.sess.id, h.token)
+	err := giveOn(ctx, l.lk.conn, h.key, h.sess.id, h.token)
 	l.lk.gaveBack(l.slot, time.Since(start))
 	return err
 }

@@ -245,6 +245,7 @@ func (l *EphemeralLock) attempt() *attempt {
 	}
 	// Destroying the session deletes whatever a take got with it.
 	a.undo = func(s *session, _ []string) { s.abandon(errAbandoned) }
+	queueFor(a)
 	return a
 }
 
@@ -263,6 +264,11 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 			err = context.Cause(ctx)
 		}
 		if err != nil {
+			if a.q.me != "" && l.s.LockDelay > 0 {
+				// A handoff that came as the acquire failed must not be
+				// ended with the session: that would impose the delay.
+				a.q.leave()
+			}
 			if s := a.last; s != nil {
 				a.undo(s, nil)
 			}
@@ -300,13 +306,18 @@ func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
 }
 
 // release gives the key back for Release: one write that destroys the
-// session, which deletes the key with it. With a lock delay the key is
-// deleted first, because destroying a session that holds a key imposes the
-// lock delay on the next holder.
+// session, which deletes the key with it. When a waiter is in line, the key
+// is handed to it first (see queue.go); with a lock delay it is deleted
+// first, because destroying a session that holds a key imposes the lock
+// delay on the next holder.
 func (l *EphemeralLock) release(ctx context.Context, h *held) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	if l.s.LockDelay > 0 {
+	handed, err := handOver(ctx, l.conn, h.key, h.sess.id, h.token)
+	if err != nil {
+		return err
+	}
+	if !handed && l.s.LockDelay > 0 {
 		if err := giveBackKey(ctx, l.conn, h.key, h.sess.id, h.token); err != nil {
 			return err
 		}

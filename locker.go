@@ -70,9 +70,7 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	}
 	start := time.Now()
 	a := lk.attempt([]string{key})
-	if lk.s.fair {
-		lk.queue(a)
-	}
+	queueFor(a)
 	leases, err := lk.acquire(ctx, a)
 	observeAcquired(lk.s.Observer, a.keys, start, a.attempts, leases, err)
 	if err != nil {
@@ -86,9 +84,7 @@ func (lk *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 func (lk *Locker) acquire(ctx context.Context, a *attempt) ([]*Lease, error) {
 	slots := make([]*keySlot, len(a.keys))
 	leaveAll := func() {
-		if a.onFail != nil {
-			a.onFail()
-		}
+		a.fail()
 		leave := func() {
 			for i, slot := range slots {
 				if slot != nil {
@@ -100,8 +96,10 @@ func (lk *Locker) acquire(ctx context.Context, a *attempt) ([]*Lease, error) {
 			leave()
 			return
 		}
+		lk.undoing(slots, true)
 		go func() { // the turns go with the take in doubt
 			a.pending()
+			lk.undoing(slots, false)
 			leave()
 		}()
 	}
@@ -142,6 +140,7 @@ func (lk *Locker) attempt(keys []string) *attempt {
 	return &attempt{conn: lk.conn, keys: keys, value: lk.s.Value, deadline: deadline,
 		timeout: lk.s.AcquireTimeout, obs: lk.s.Observer,
 		session: func(ctx context.Context) (*session, error) { return lk.session(ctx, deadline) },
+		current: lk.currentSession,
 		undo:    lk.undoTake,
 	}
 }
@@ -241,6 +240,13 @@ func (lk *Locker) session(ctx context.Context, deadline time.Time) (*session, er
 	lk.sess = s
 	lk.sessions[s] = struct{}{}
 	return s, nil
+}
+
+// currentSession returns the session new locks are taken with, or nil.
+func (lk *Locker) currentSession() *session {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	return lk.sess
 }
 
 // createTurn waits for the turn to create the Locker's session: one

@@ -1,160 +1,403 @@
 package consullock
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
-// Fair queueing (WithFairQueueing): waiters of every process are served in
-// arrival order. Before contending, a waiter enqueues a contender key,
-// KEY.queue/<session>-<nonce>, held by its session so that it vanishes with
-// a dead process, and waits on a blocking query until the contender created
-// just before it is gone: each waiter watches only its predecessor, as
-// etcd's Mutex does, and only the head of the queue contends for the lock,
-// so no waiter starves and a release wakes one waiter, not all. The head
-// takes the lock and leaves the queue in one write.
+// Waiting in line, and handing the key over. A waiter that finds the key
+// held enqueues a contender key, KEY.queue/<session>-<nonce>, held by its
+// session (so that it vanishes with a dead process) and carrying the value
+// and flags it would take the key with. A holder that gives the key back
+// while contenders wait hands it to the first of them instead, in one
+// transaction that checks the holder's token and that the contender's
+// session still holds the contender key, then gives the key to that
+// session with that value and deletes the contender key. The successor
+// learns that it holds the key from the watch it waits on, without a write
+// of its own: a handoff costs one consensus write on the critical path, as
+// with etcd's Mutex, and waiters of all processes are served in arrival
+// order. When the key is free and nobody handed it on (the holder did not
+// see the queue yet, or was lost, or was a python-consul-lock holder), the
+// first contender takes it itself.
 
-func queuePrefix(key string) string { return key + ".queue/" }
+const queueSep = ".queue/"
 
-// errLeftQueue reports a contender key that is gone while its waiter still
-// waits: its session was invalidated, or someone deleted it.
-var errLeftQueue = errors.New("the contender key left the queue")
+func queuePrefix(key string) string { return key + queueSep }
 
-// fairQueue is one waiter's place in the queue of a key.
-type fairQueue struct {
-	lk *Locker
-	a  *attempt
-	me string   // the contender key, once enqueued
-	by *session // the session that holds it
+// contender is a live contender key, as a list of the lock key shows it.
+type contender struct {
+	key     string
+	session string
+	create  uint64 // its CreateIndex: the arrival order
+	value   []byte
+	flags   uint64
 }
 
-// queue makes a's takes wait for their turn in the key's queue, and leave
-// it with the take.
-func (lk *Locker) queue(a *attempt) {
-	q := &fairQueue{lk: lk, a: a}
-	a.before = q.head
-	a.also = func(*session) api.KVTxnOps { return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}} }
-	a.onFail = q.leave
-}
-
-// head makes sure that s holds a contender key in the queue, and that it is
-// the first; after waiting for a predecessor, it waits for the lock to be
-// free too, so that the first take is not a write in vain.
-func (q *fairQueue) head(ctx context.Context, s *session) error {
-	if q.by == s {
-		return nil
+// contendersIn returns the live contenders among pairs, by lock key, in
+// arrival order. A contender key is KEY.queue/<session>-<nonce> held by that
+// session: a user's lock whose name merely contains ".queue/" is none.
+func contendersIn(pairs api.KVPairs) map[string][]contender {
+	var m map[string][]contender
+	for _, p := range pairs {
+		i := strings.LastIndex(p.Key, queueSep)
+		if i < 0 || p.Session == "" || !strings.HasPrefix(p.Key[i+len(queueSep):], p.Session+"-") {
+			continue
+		}
+		if m == nil {
+			m = map[string][]contender{}
+		}
+		lock := p.Key[:i]
+		m[lock] = append(m[lock], contender{key: p.Key, session: p.Session, create: p.CreateIndex, value: p.Value, flags: p.Flags})
 	}
+	for _, q := range m {
+		slices.SortFunc(q, func(a, b contender) int { return cmp.Compare(a.create, b.create) })
+	}
+	return m
+}
+
+// queuePlace says who heads queue q, and whether contender key me is in it.
+func queuePlace(q []contender, me string) (head string, queued bool) {
+	if len(q) > 0 {
+		head = q[0].key
+	}
+	return head, slices.ContainsFunc(q, func(c contender) bool { return c.key == me })
+}
+
+// place is one acquire's place in the queue of its key.
+type place struct {
+	a       *attempt
+	key     string
+	me      string      // the contender key, while enqueued
+	by      *session    // the session that holds it
+	at      uint64      // the index of the enqueue
+	st      keyState    // the key and the queue as last seen
+	holder  *api.KVPair // the key as last seen held by another, for messages
+	blocked bool        // a take found the key held: wait in line
+	known   uint64      // the index at which q.st was seen
+	sub     *subscription
+	news    *news
+}
+
+// queueFor makes a's acquire of its one key wait in line when the key is
+// held, and take it with a handoff.
+func queueFor(a *attempt) {
+	q := &place{a: a, key: a.keys[0]}
+	a.q = q
+	a.also = func(s *session) api.KVTxnOps {
+		if q.me == "" || q.by != s {
+			return nil
+		}
+		return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}} // the take leaves the queue
+	}
+}
+
+// inLine reports whether the acquire should wait in line rather than take:
+// it is in line already, a take found the key held, or this process saw the
+// key held by another session, or others waiting for it, a moment ago.
+// With no time left to wait, a take is always tried once.
+func (q *place) inLine() bool {
+	if q.me != "" || q.blocked {
+		return true
+	}
+	if !time.Now().Before(q.a.deadline) {
+		return false
+	}
+	h := hubOf(q.a.conn)
+	if h == nil {
+		return false
+	}
+	st, waiting, ok := h.holderOf(q.key)
+	switch {
+	case !ok:
+		return false
+	case !st.free():
+		return st.session != q.a.ownSession() // a key kept for this acquire is taken
+	}
+	return waiting
+}
+
+// wait waits in line until the key is handed to this waiter (its token),
+// or is free with this waiter first in line, or held by this waiter's own
+// session, which may take it (token 0).
+func (q *place) wait(ctx context.Context) (*session, uint64, error) {
+	defer q.unwatch()
 	for {
-		if q.me != "" {
+		if q.me != "" && q.by.Err() != nil { // ended here: a handoff to it would be wasted
 			q.leave()
 		}
-		if err := q.enqueue(ctx, s); err != nil {
-			return err
+		switch {
+		case q.me == "":
+			if err := q.enqueue(ctx); err != nil {
+				return nil, 0, err
+			}
+		case q.blocked: // a take found the key held since q.st was seen
+			q.blocked = false
+			if err := q.refresh(ctx); err != nil {
+				return nil, 0, err
+			}
 		}
-		waited, err := q.waitForPredecessors(ctx)
-		if errors.Is(err, errLeftQueue) {
-			continue // enqueue again: a take with a dead session will say so
+		st := q.st
+		switch {
+		case st.exists && st.session == q.by.id && st.index > q.at:
+			q.me = "" // the handoff deleted the contender key
+			return q.by, st.index, nil
+		case st.exists && st.session == q.by.id, st.free() && st.head == q.me:
+			return q.by, 0, nil
+		case !st.queued: // the session was invalidated, or someone deleted the key
+			q.me = ""
+			continue
 		}
+		if err := q.next(ctx); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// enqueue puts a contender key in the queue with a live session, in one
+// write that also reads the key and its queue as of that write.
+func (q *place) enqueue(ctx context.Context) error {
+	a := q.a
+	q.unwatch()
+	for {
+		s, err := a.session(ctx)
 		if err != nil {
 			return err
 		}
-		if waited {
-			return q.a.watch(q.a.keys[0]).wait(ctx, false)
+		a.last = s
+		me := queuePrefix(q.key) + s.id + "-" + nonce()
+		spec := takeSpec{keys: []string{me}, value: a.value(), flags: a.flags, session: s.id,
+			also: api.KVTxnOps{{Verb: api.KVGetTree, Key: q.key}}}
+		a.attempts++
+		res, d, err := take(ctx, a.conn, spec, a.deadline)
+		switch {
+		case errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline):
+			s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
+			continue
+		case err != nil:
+			if !d.none() {
+				a.pendingToo(func() {
+					if d.applied() {
+						q.leaveWith(me, s)
+					}
+				})
+			}
+			return fmt.Errorf("enqueue: %w", err)
+		case !res.taken():
+			return fmt.Errorf("%w: enqueue: a new contender key was refused", ErrConsul)
 		}
+		q.me, q.by, q.at, q.known, q.blocked = me, s, res.tokens[0], res.tokens[0], false
+		q.saw(stateIn(res.also, &subscription{key: q.key, contender: me}), res.also)
 		return nil
 	}
 }
 
-func (q *fairQueue) enqueue(ctx context.Context, s *session) error {
-	me := queuePrefix(q.a.keys[0]) + s.id + "-" + nonce()
-	res, d, err := take(ctx, q.lk.conn, takeSpec{keys: []string{me}, session: s.id}, q.a.deadline)
-	switch {
-	case err != nil:
-		if !d.none() {
-			go func() {
-				if d.applied() {
-					q.lk.giveBackContender(me, s)
-				}
-			}()
+// saw records a state of the key and its queue, and tells the Observer of a
+// new holder. pairs, when known, give the holder's value for messages.
+func (q *place) saw(st keyState, pairs api.KVPairs) {
+	if !st.free() && st.session != q.by.id && (q.holder == nil || q.holder.Session != st.session) {
+		q.holder = &api.KVPair{Key: q.key, Session: st.session, ModifyIndex: st.index}
+		if hook := contended(q.a.obs, q.key); hook != nil {
+			hook(st.session)
 		}
-		return fmt.Errorf("enqueue: %w", err)
-	case !res.taken():
-		return fmt.Errorf("%w: enqueue: a new contender key was refused", ErrConsul)
 	}
-	q.me, q.by = me, s
+	for _, p := range pairs {
+		if p.Key == q.key && p.Session == st.session {
+			q.holder = p
+		}
+	}
+	q.st = st
+	note(q.a.conn, q.key, keyState{exists: st.exists, session: st.session, index: st.index})
+}
+
+// next waits for the watch to see the key or the queue change.
+func (q *place) next(ctx context.Context) error {
+	if q.sub == nil {
+		q.news = &news{ready: make(chan struct{}, 1)}
+		q.sub = watchQueue(q.a.conn, q.key, q.me, q.known, q.st, q.news.tell)
+	}
+	timer := time.NewTimer(time.Until(q.a.deadline))
+	defer timer.Stop()
+	select {
+	case <-q.news.ready:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-timer.C:
+		return notAcquiredError(q.holder, q.a.timeout)
+	}
+	q.saw(q.news.take(), nil)
 	return nil
 }
 
-// waitForPredecessors waits until the contender key heads the queue.
-func (q *fairQueue) waitForPredecessors(ctx context.Context) (waited bool, err error) {
-	for {
-		pred, err := q.predecessor(ctx)
-		if err != nil || pred == "" {
-			return waited, err
-		}
-		waited = true
-		w := &keyWatch{conn: q.lk.conn, key: pred, deadline: q.a.deadline}
-		switch err := w.untilFree(ctx); {
-		case errors.Is(err, errDeadline):
-			return waited, notAcquiredError(nil, q.a.timeout)
-		case err != nil:
-			return waited, err
-		}
+// news keeps the newest state a watch told of, for a waiter: the watch's
+// callback must never block.
+type news struct {
+	mu    sync.Mutex
+	st    keyState
+	ready chan struct{}
+}
+
+func (n *news) tell(st keyState) {
+	n.mu.Lock()
+	n.st = st
+	n.mu.Unlock()
+	select {
+	case n.ready <- struct{}{}:
+	default:
 	}
 }
 
-// predecessor returns the contender key queued just before ours, or "".
-func (q *fairQueue) predecessor(ctx context.Context) (string, error) {
-	c := q.lk.conn
+func (n *news) take() keyState {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.st
+}
+
+// refresh reads the key and its queue at once: after a take found the key
+// held, the watch's last answer may be older than that, and the key may
+// be as it was then again.
+func (q *place) refresh(ctx context.Context) error {
 	var pairs api.KVPairs
-	err := retry(ctx, q.a.deadline, func() (err error) {
+	var meta *api.QueryMeta
+	c := q.a.conn
+	err := retry(ctx, q.a.deadline, func() error {
 		return c.call(ctx, func() (err error) {
-			pairs, _, err = c.c.KV().List(queuePrefix(q.a.keys[0]), c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+			pairs, meta, err = c.c.KV().List(q.key, c.query(ctx, api.QueryOptions{RequireConsistent: true}))
 			return err
 		})
 	})
 	if err != nil {
-		return "", consulError(err)
+		return consulError(err)
 	}
-	pairs = slices.DeleteFunc(pairs, func(p *api.KVPair) bool { return p.Session == "" })
-	slices.SortFunc(pairs, func(a, b *api.KVPair) int { return cmpIndex(a.CreateIndex, b.CreateIndex) })
-	i := slices.IndexFunc(pairs, func(p *api.KVPair) bool { return p.Key == q.me })
-	switch {
-	case i < 0:
-		return "", errLeftQueue
-	case i == 0:
-		return "", nil
-	}
-	return pairs[i-1].Key, nil
+	q.unwatch()
+	q.known = meta.LastIndex
+	q.saw(stateIn(pairs, &subscription{key: q.key, contender: q.me}), pairs)
+	return nil
 }
 
-func cmpIndex(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+func (q *place) unwatch() {
+	if q.sub != nil {
+		q.sub.cancel()
+		q.sub = nil
 	}
-	return 0
 }
 
-// leave removes the contender key after an acquire that failed, in the
-// background.
-func (q *fairQueue) leave() {
+// leave takes the waiter out of the line after a failed acquire: see
+// leaveWith. It runs with the key's local turn held, if any.
+func (q *place) leave() {
 	if q.me != "" {
-		go q.lk.giveBackContender(q.me, q.by)
-		q.me, q.by = "", nil
+		me, s := q.me, q.by
+		q.me = ""
+		q.leaveWith(me, s)
 	}
 }
 
-func (lk *Locker) giveBackContender(key string, s *session) {
+// leaveWith deletes the contender key me of session s, after which no
+// holder can hand the key to s any more; if one did before, s holds the
+// key, which is passed on. What cannot be done ends s, whose end frees all.
+func (q *place) leaveWith(me string, s *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	if deleteIfHeld(ctx, lk.conn, key, s.id) != nil {
-		s.abandon(fmt.Errorf("%w: could not give back the contender key %q", ErrLockLost, key))
+	err := deleteIfHeld(ctx, q.a.conn, me, s.id)
+	var pair *api.KVPair
+	if err == nil {
+		pair, err = readKey(ctx, q.a.conn, q.key)
 	}
+	if err == nil && pair != nil && pair.Session == s.id {
+		err = giveOn(ctx, q.a.conn, q.key, s.id, pair.ModifyIndex)
+	}
+	if err != nil {
+		s.abandon(fmt.Errorf("%w: could not leave the queue of %q: %w", ErrLockLost, q.key, err))
+	}
+}
+
+// giveOn gives back key, which session holds at token: to the first
+// contender in line, if this process knows of one, else by deleting it.
+func giveOn(ctx context.Context, c conn, key, session string, token uint64) error {
+	if handed, err := handOver(ctx, c, key, session, token); err != nil || handed {
+		return err
+	}
+	err := giveBackKey(ctx, c, key, session, token)
+	if err == nil {
+		note(c, key, keyState{})
+	}
+	return err
+}
+
+// handOver hands key, which session holds at token, to the first contender
+// in line that this process knows of, in one transaction. It reports false
+// when it knows of none, or the one it knew of has left: the caller gives
+// the key back instead.
+func handOver(ctx context.Context, c conn, key, session string, token uint64) (bool, error) {
+	h := hubOf(c)
+	if h == nil {
+		return false, nil
+	}
+	next, ok := h.successor(key, session)
+	if !ok {
+		return false, nil
+	}
+	ops := api.KVTxnOps{
+		{Verb: api.KVCheckIndex, Key: key, Index: token},
+		{Verb: api.KVCheckSession, Key: next.key, Session: next.session},
+		{Verb: api.KVUnlock, Key: key, Session: session},
+		{Verb: api.KVLock, Key: key, Value: next.value, Flags: next.flags, Session: next.session},
+		{Verb: api.KVDelete, Key: next.key},
+	}
+	var handed bool
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+		ok, resp, err := kvTxn(ctx, c, ops)
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			handed = true
+			note(c, key, keyState{exists: true, session: next.session, index: lastIndexOf(resp, key)})
+			return nil
+		case len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0:
+			// The key is not as the holder left it: if a try whose answer
+			// was lost handed it over, it is the contender's now.
+			pair, err := readKey(ctx, c, key)
+			handed = err == nil && pair != nil && pair.Session == next.session
+			return err
+		}
+		return nil // the contender left
+	})
+	if err != nil {
+		return false, fmt.Errorf("hand over: %w", consulError(err))
+	}
+	return handed, nil
+}
+
+// lastIndexOf is the ModifyIndex of key's last result in resp.
+func lastIndexOf(resp *api.KVTxnResponse, key string) uint64 {
+	var index uint64
+	for _, r := range resp.Results {
+		if r != nil && r.Key == key {
+			index = r.ModifyIndex
+		}
+	}
+	return index
+}
+
+// readKey reads key at once, retrying passing failures for cleanupTimeout.
+func readKey(ctx context.Context, c conn, key string) (*api.KVPair, error) {
+	var pair *api.KVPair
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+		return c.call(ctx, func() (err error) {
+			pair, _, err = c.c.KV().Get(key, c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+			return err
+		})
+	})
+	if err != nil {
+		return nil, consulError(err)
+	}
+	return pair, nil
 }

@@ -41,9 +41,10 @@ func checkValueSize(n, valueLen int) error {
 
 // takeResult is a take that Consul answered.
 type takeResult struct {
-	tokens  []uint64 // the fencing token of each key, when they were taken
-	blocked int      // otherwise, the key that another session holds or a lock delay keeps
-	delayed bool     // that key is kept by a lock delay, which no blocking query sees end
+	tokens  []uint64      // the fencing token of each key, when they were taken
+	also    []*api.KVPair // then, the results of the operations applied with the take
+	blocked int           // otherwise, the key that another session holds or a lock delay keeps
+	delayed bool          // that key is kept by a lock delay, which no blocking query sees end
 }
 
 func (r takeResult) taken() bool { return r.tokens != nil }
@@ -107,6 +108,7 @@ func take(ctx context.Context, c conn, t takeSpec, deadline time.Time) (res take
 			for i := range res.tokens {
 				res.tokens[i] = a.resp.Results[i].ModifyIndex
 			}
+			res.also = a.resp.Results[len(t.keys):]
 			return nil
 		}
 		res, err = refusal(a.resp)

@@ -36,6 +36,7 @@ type keySlot struct {
 	token  uint64        // the kept key's last fencing token
 	streak int           // handoffs in a row
 	yield  time.Duration // the key was given back for others: how long the next holder waits
+	undo   bool          // the turn is held by the undo of a failed acquire, not by a holder
 }
 
 // takeTurn waits for the local turn on key, until ctx ends or the deadline.
@@ -57,7 +58,15 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 		return slot, nil
 	default:
 	}
-	timer := time.NewTimer(time.Until(deadline))
+	lk.mu.Lock()
+	wait := time.Until(deadline)
+	if slot.undo {
+		// Nobody holds the key: a failed acquire is undoing what it may
+		// have got, which takes about a round trip once Consul answers.
+		wait = max(wait, cleanupTimeout)
+	}
+	lk.mu.Unlock()
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case slot.turn <- struct{}{}:
@@ -72,6 +81,18 @@ func (lk *Locker) takeTurn(ctx context.Context, key string, deadline time.Time) 
 	case <-timer.C:
 		lk.leave(key, slot, false)
 		return nil, fmt.Errorf("%w: held by this process for the whole acquire timeout (%v)", ErrNotAcquired, lk.s.AcquireTimeout)
+	}
+}
+
+// undoing marks the turns of slots as held by the undo of a failed acquire,
+// or no longer.
+func (lk *Locker) undoing(slots []*keySlot, on bool) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	for _, slot := range slots {
+		if slot != nil {
+			slot.undo = on
+		}
 	}
 }
 

@@ -41,23 +41,30 @@ const (
 	splitAbove = 512
 )
 
-// keyState is what a watch sees of a key.
+// keyState is what a watch sees of a key. A waiter's watch also sees the
+// key's queue (see queue.go): the first live contender, and whether the
+// waiter's own contender key is still there.
 type keyState struct {
 	exists  bool
 	session string
 	index   uint64 // the key's ModifyIndex
+	head    string // a waiter's watch: the contender key first in the queue
+	queued  bool   // a waiter's watch: its contender key is in the queue
 }
+
+func (st keyState) free() bool { return !st.exists || st.session == "" }
 
 // subscription is one watcher of one key.
 type subscription struct {
-	key     string
-	known   uint64         // the index at which the watcher knew the key
-	changed func(keyState) // told of each state seen from known on; it must not block
-	group   *watchGroup    // guarded by the hub's mu
-	last    keyState       // the state last told, or expected
-	hub     *hub
-	since   time.Time // when the watch began
-	eager   bool      // a waiter's: watched at once, not after watchDelay
+	key       string
+	contender string         // a waiter's own contender key; "" for a hold
+	known     uint64         // the index at which the watcher knew the key
+	changed   func(keyState) // told of each state seen from known on; it must not block
+	group     *watchGroup    // guarded by the hub's mu
+	last      keyState       // the state last told, or expected
+	hub       *hub
+	since     time.Time // when the watch began
+	eager     bool      // a waiter's: watched at once, not after watchDelay
 }
 
 // hub holds the watch queries of one client and token.
@@ -66,15 +73,24 @@ type hub struct {
 	mu     sync.Mutex
 	groups map[*watchGroup]struct{} // live and retired groups with a running query
 	splits map[string]bool          // prefixes whose keys are watched by one group per next character
+	noted  map[string]notedState    // keys this process wrote last, newer than any answer (see note)
+}
+
+// notedState is a key's state after a write of this process.
+type notedState struct {
+	st keyState
+	at time.Time
 }
 
 type watchGroup struct {
 	prefix  string
 	subs    map[*subscription]struct{}
-	index   uint64              // of the last answer; 0 before the first
-	asked   uint64              // the index the query in flight blocks from
-	last    map[string]keyState // the last answer, by key
-	retired bool                // merged into another: its answers are not used
+	index   uint64                 // of the last answer; 0 before the first
+	asked   uint64                 // the index the query in flight blocks from
+	last    map[string]keyState    // the last answer, by key
+	queues  map[string][]contender // the last answer's live contenders, by lock key
+	at      time.Time              // when the last answer came
+	retired bool                   // merged into another: its answers are not used
 	cancel  context.CancelFunc
 	idle    *time.Timer // cancels the query once the group has lingered unneeded
 }
@@ -89,15 +105,28 @@ var hubs = struct {
 // returned subscription is cancelled. A hold's watch starts querying once
 // it is watchDelay old; an eager one (a waiter's) at once.
 func watchKey(c conn, key string, expect keyState, eager bool, changed func(keyState)) *subscription {
+	return subscribe(c, &subscription{key: key, known: expect.index, changed: changed, last: expect, eager: eager})
+}
+
+// watchQueue is watchKey for a waiter whose contender key is contender,
+// which knew the key and its queue as expect at index known: it is told
+// of each change of the key's holder, of the queue's head, and of its own
+// place in the queue.
+func watchQueue(c conn, key, contender string, known uint64, expect keyState, changed func(keyState)) *subscription {
+	return subscribe(c, &subscription{key: key, contender: contender, known: known, changed: changed, last: expect, eager: true})
+}
+
+func subscribe(c conn, sub *subscription) *subscription {
 	hubs.Lock()
 	h := hubs.m[c]
 	if h == nil {
-		h = &hub{conn: c, groups: map[*watchGroup]struct{}{}, splits: map[string]bool{}}
+		h = &hub{conn: c, groups: map[*watchGroup]struct{}{}, splits: map[string]bool{}, noted: map[string]notedState{}}
 		hubs.m[c] = h
 	}
 	h.mu.Lock()
 	hubs.Unlock()
-	sub := &subscription{key: key, known: expect.index, changed: changed, hub: h, last: expect, since: time.Now(), eager: eager}
+	expect := sub.last
+	sub.hub, sub.since = h, time.Now()
 	g := h.join(sub)
 	if g.index == 0 && g.asked != 0 && sub.known < g.asked {
 		// The group's first query blocks from past this key's take: a
@@ -107,14 +136,14 @@ func watchKey(c conn, key string, expect keyState, eager bool, changed func(keyS
 	st, now := keyState{}, false
 	if g.index != 0 && g.index >= sub.known && g.last != nil {
 		// The group's last answer is already as new as the watcher's view.
-		if seen := g.last[key]; seen != expect {
+		if seen := g.stateFor(sub); seen != expect {
 			st, now = seen, true
 			sub.last = st
 		}
 	}
 	h.mu.Unlock()
 	if now {
-		changed(st)
+		sub.changed(st)
 	}
 	return sub
 }
@@ -347,13 +376,14 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
 		h.mu.Unlock()
 		return
 	}
-	g.index = index
+	g.index, g.at = index, time.Now()
 	g.last = make(map[string]keyState, len(pairs))
 	for _, p := range pairs {
 		g.last[p.Key] = keyState{exists: true, session: p.Session, index: p.ModifyIndex}
 	}
+	g.queues = contendersIn(pairs)
 	for sub := range g.subs {
-		if st := g.last[sub.key]; index >= sub.known && st != sub.last {
+		if st := g.stateFor(sub); index >= sub.known && st != sub.last {
 			sub.last = st
 			tell = append(tell, told{sub, st})
 		}
@@ -386,29 +416,27 @@ func (h *hub) split(g *watchGroup) {
 	h.splits[g.prefix] = true
 	for p, subs := range children {
 		c := h.start(p, subs)
-		c.index, c.last = g.index, g.last // the parent's answer covers the child's keys
+		c.index, c.last, c.queues, c.at = g.index, g.last, g.queues, g.at // the parent's answer covers the child's keys
 	}
 }
 
-// catchUp reads sub's key once, and tells sub of its state if it changed.
+// catchUp reads sub's key (and its queue) once, and tells sub of its state
+// if it changed.
 func (h *hub) catchUp(sub *subscription) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	var pair *api.KVPair
+	var pairs api.KVPairs
 	var meta *api.QueryMeta
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
 		return h.conn.call(ctx, func() (err error) {
-			pair, meta, err = h.conn.c.KV().Get(sub.key, h.conn.query(ctx, api.QueryOptions{}))
+			pairs, meta, err = h.conn.c.KV().List(sub.key, h.conn.query(ctx, api.QueryOptions{}))
 			return err
 		})
 	})
 	if err != nil || meta.LastIndex < sub.known {
 		return // the local deadline covers a watch that cannot see
 	}
-	st := keyState{}
-	if pair != nil {
-		st = keyState{exists: true, session: pair.Session, index: pair.ModifyIndex}
-	}
+	st := stateIn(pairs, sub)
 	h.mu.Lock()
 	tell := sub.group != nil && st != sub.last
 	if tell {
@@ -443,3 +471,103 @@ func (h *hub) drop(g *watchGroup) {
 		delete(hubs.m, h.conn)
 	}
 }
+
+// stateFor is what g's last answer says of sub's key (and queue). The hub's
+// mu is held.
+func (g *watchGroup) stateFor(sub *subscription) keyState {
+	st := g.last[sub.key]
+	if sub.contender != "" {
+		st.head, st.queued = queuePlace(g.queues[sub.key], sub.contender)
+	}
+	return st
+}
+
+// stateIn is what pairs, a list of sub's key as a prefix, say of it.
+func stateIn(pairs api.KVPairs, sub *subscription) keyState {
+	var st keyState
+	for _, p := range pairs {
+		if p.Key == sub.key {
+			st = keyState{exists: true, session: p.Session, index: p.ModifyIndex}
+		}
+	}
+	if sub.contender != "" {
+		st.head, st.queued = queuePlace(contendersIn(pairs)[sub.key], sub.contender)
+	}
+	return st
+}
+
+// successor returns the first live contender for key, other than those of
+// session exclude, in the newest answer this process has: the one a
+// release hands the key to. The answer may be old; the handoff checks
+// that the contender is still there.
+func (h *hub) successor(key, exclude string) (contender, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var best *watchGroup
+	for g := range h.groups {
+		if !g.retired && g.index != 0 && covers(g.prefix, key) && (best == nil || g.index > best.index) {
+			best = g
+		}
+	}
+	if best == nil {
+		return contender{}, false
+	}
+	for _, c := range best.queues[key] {
+		if c.session != exclude {
+			return c, true
+		}
+	}
+	return contender{}, false
+}
+
+// holderOf returns key's state as this process saw it last, from its own
+// writes or from an answer of a watch, and whether contenders were waiting
+// then: a hint of whether a take would find the key held or jump the
+// queue. ok is false when the process knows nothing recent.
+func (h *hub) holderOf(key string) (st keyState, waiting, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var newest time.Time
+	for g := range h.groups {
+		if !g.retired && g.index != 0 && covers(g.prefix, key) && g.at.After(newest) {
+			st, waiting, newest, ok = g.last[key], len(g.queues[key]) > 0, g.at, true
+		}
+	}
+	if n, found := h.noted[key]; found && n.at.After(newest) {
+		st, newest, ok = n.st, n.at, true
+	}
+	return st, waiting, ok && time.Since(newest) < noteLife
+}
+
+// noteLife is how long the state of a key seen or written is a hint.
+const noteLife = 2 * time.Second
+
+// note records key's state just after a write of this process changed it,
+// as a hint for the next acquire of key in this process.
+func note(c conn, key string, st keyState) {
+	hubs.Lock()
+	h := hubs.m[c]
+	hubs.Unlock()
+	if h == nil {
+		return // nothing watched: no hint is worth keeping
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.noted) >= 1024 {
+		for k, n := range h.noted {
+			if time.Since(n.at) >= noteLife {
+				delete(h.noted, k)
+			}
+		}
+	}
+	h.noted[key] = notedState{st, time.Now()}
+}
+
+// hubOf returns the hub of c's watches, or nil when none runs.
+func hubOf(c conn) *hub {
+	hubs.Lock()
+	defer hubs.Unlock()
+	return hubs.m[c]
+}
+
+func covers(prefix, key string) bool { return strings.HasPrefix(key, prefix) }
