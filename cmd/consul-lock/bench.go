@@ -140,7 +140,7 @@ func parseWorkers(s string) ([]int, error) {
 // when asked, the one at CONSUL_HTTP_ADDR when it answers, else a dev agent.
 func benchAgent(ctx context.Context, servers int, stderr io.Writer) (*api.Client, string, func(), error) {
 	if servers > 0 {
-		bin, err := consulagent.Binary(ctx, stderr)
+		found, err := consulBinary(ctx, stderr)
 		if err != nil {
 			return nil, "", nil, err
 		}
@@ -148,7 +148,7 @@ func benchAgent(ctx context.Context, servers int, stderr io.Writer) (*api.Client
 		if err != nil {
 			return nil, "", nil, err
 		}
-		cl, err := consulagent.StartCluster(ctx, bin, dir, servers)
+		cl, err := consulagent.StartCluster(ctx, found.Path, dir, servers)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, "", nil, err
@@ -159,7 +159,7 @@ func benchAgent(ctx context.Context, servers int, stderr io.Writer) (*api.Client
 			os.RemoveAll(dir)
 			return nil, "", nil, err
 		}
-		where := fmt.Sprintf("%d-server loopback cluster, Consul v%s", servers, consulagent.Version)
+		where := fmt.Sprintf("%d-server loopback cluster, Consul v%s", servers, found.Version)
 		return c, where, func() { closeIdle(); cl.Stop(); os.RemoveAll(dir) }, nil
 	}
 	addr, cleanup, err := demoAgent(ctx, stderr)
