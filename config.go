@@ -112,6 +112,7 @@ type settings struct {
 	sessionTTL time.Duration
 	fair       bool
 	reentrant  bool
+	apiLayout  bool
 	given      map[string]bool // the options given, by name
 }
 
@@ -183,6 +184,33 @@ func WithReentrancy() Option {
 	return Option{"WithReentrancy", forLocker, func(s *settings) { s.reentrant = true }}
 }
 
+// WithConsulAPILayout makes the lock's keys those of consul/api's Lock and
+// of `consul lock`, so that during a migration old and new processes wait
+// for each other instead of failing: each key is marked with consul/api's
+// flags (api.LockFlagValue), without which api.Lock fails with
+// ErrLockConflict on a key it finds held, and, unless WithKeyPattern is
+// given too, the key of name is NAME/.lock, as `consul lock NAME` takes it
+// (Defaults.KeyPattern does not apply). For an api.Lock on a key of your
+// own, K, pass WithKeyPattern("%s") and the name K. The lock is exclusive
+// and a holder's value is still the lock's Value; the other side's value is
+// its own. For every constructor; a Locker built with it refuses Semaphore,
+// whose slots consul/api's Semaphore (one key with a JSON list of holders)
+// cannot share.
+func WithConsulAPILayout() Option {
+	return Option{"WithConsulAPILayout", forAll, func(s *settings) { s.apiLayout = true }}
+}
+
+// consulAPIKeyPattern is the key `consul lock PREFIX` locks: PREFIX/.lock.
+const consulAPIKeyPattern = "%s/.lock"
+
+// keyFlags are the flags every key a lock takes is marked with.
+func (s *settings) keyFlags() uint64 {
+	if s.apiLayout {
+		return api.LockFlagValue
+	}
+	return 0
+}
+
 // WithObserver sets the Observer that receives the lock's events. For every
 // constructor.
 func WithObserver(o Observer) Option {
@@ -217,6 +245,9 @@ func newSettings(b builder, opts []Option) (settings, error) {
 	}
 	if s.Value == nil {
 		s.Value = DefaultValue
+	}
+	if s.apiLayout && !s.given["WithKeyPattern"] {
+		s.KeyPattern = consulAPIKeyPattern
 	}
 	if b == forLocker && s.renew && s.given["WithLockTimeout"] {
 		return s, fmt.Errorf("%w: WithLockTimeout with WithRenewal on NewLocker: renewed leases have no maximum lifespan; WithSessionTTL bounds how long a dead process keeps them", ErrInvalidOption)

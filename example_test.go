@@ -303,3 +303,45 @@ func ExampleWithFairQueueing() {
 	fmt.Println("served in turn:", err)
 	// Output: served in turn: <nil>
 }
+
+// A worker that does leader-only work: every replica runs this loop; the one
+// that leads works with a context that ends when its term is lost, and
+// campaigns again after, so that exactly one replica works at a time.
+func ExampleElection_leaderOnlyWork() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	election, err := consullock.NewElection("reports/scheduler", consullock.WithClient(client))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, shutdown := context.WithCancel(context.Background()) // cancelled on SIGTERM, say
+	defer shutdown()
+	work := func(ctx context.Context, token uint64) {
+		fmt.Println("leading: scheduling the reports")
+		// Stop when ctx ends; fence writes with token (see ExampleEphemeralLock_Token).
+		shutdown() // this example stops after one round
+	}
+	for ctx.Err() == nil {
+		term, err := election.Campaign(ctx, []byte("worker-1"))
+		if err != nil {
+			if ctx.Err() == nil {
+				time.Sleep(time.Second) // Consul failing for longer than its retries: campaign again soon
+			}
+			continue
+		}
+		leading, stop := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-term.Lost(): // another replica may lead now: stop working
+			case <-leading.Done():
+			}
+			stop()
+		}()
+		work(leading, term.Token())
+		stop()
+		term.Resign(context.WithoutCancel(ctx))
+	}
+	// Output: leading: scheduling the reports
+}

@@ -229,7 +229,7 @@ func (l *EphemeralLock) end(h *held) {
 // its LockTimeout ahead; and made anew if Consul forgets it.
 func (l *EphemeralLock) attempt() *attempt {
 	deadline := deadlineAfter(l.s.AcquireTimeout)
-	a := &attempt{conn: l.conn, keys: []string{l.key}, value: l.s.Value, deadline: deadline,
+	a := &attempt{conn: l.conn, keys: []string{l.key}, value: l.s.Value, flags: l.s.keyFlags(), deadline: deadline,
 		timeout: l.s.AcquireTimeout, obs: l.s.Observer}
 	var sess *session
 	a.session = func(ctx context.Context) (*session, error) {

@@ -137,7 +137,7 @@ func (lk *Locker) acquire(ctx context.Context, a *attempt) ([]*Lease, error) {
 // acquire timeout.
 func (lk *Locker) attempt(keys []string) *attempt {
 	deadline := deadlineAfter(lk.s.AcquireTimeout)
-	return &attempt{conn: lk.conn, keys: keys, value: lk.s.Value, deadline: deadline,
+	return &attempt{conn: lk.conn, keys: keys, value: lk.s.Value, flags: lk.s.keyFlags(), deadline: deadline,
 		timeout: lk.s.AcquireTimeout, obs: lk.s.Observer,
 		session: func(ctx context.Context) (*session, error) { return lk.session(ctx, deadline) },
 		current: lk.currentSession,

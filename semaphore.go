@@ -35,10 +35,14 @@ type Semaphore struct {
 
 // Semaphore returns the semaphore of the given limit on the key that the
 // Locker's KeyPattern makes of name. It validates and talks to no one. A
-// Locker built WithFairQueueing refuses it: its slots would not be queued.
+// Locker built WithFairQueueing refuses it: its slots would not be queued;
+// so does one built WithConsulAPILayout, whose layout slots cannot have.
 func (lk *Locker) Semaphore(name string, limit int) (*Semaphore, error) {
 	if lk.s.fair {
 		return nil, wrapOp("semaphore", name, fmt.Errorf("%w: Semaphore on a Locker built WithFairQueueing: its slots would not be queued", ErrInvalidOption))
+	}
+	if lk.s.apiLayout {
+		return nil, wrapOp("semaphore", name, fmt.Errorf("%w: Semaphore on a Locker built WithConsulAPILayout: consul/api's Semaphore keeps its holders in one key, which slots cannot share", ErrInvalidOption))
 	}
 	if limit < 1 || limit > MaxSemaphoreLimit {
 		return nil, wrapOp("semaphore", name, fmt.Errorf("%w: semaphore limit %d outside [1, %d]", ErrInvalidOption, limit, MaxSemaphoreLimit))

@@ -294,11 +294,11 @@ func TestUnitOptionsPerConstructor(t *testing.T) {
 	client := WithClient(&api.Client{})
 	all := []Option{WithAcquireTimeout(time.Second), WithLockTimeout(time.Minute), WithLockDelay(time.Second),
 		WithRenewal(), WithToken("t"), WithSessionTTL(20 * time.Second), WithFairQueueing(), WithReentrancy(),
-		WithObserver(NopObserver{}), WithKeyPattern("x/%s"), WithValue(DefaultValue)}
+		WithObserver(NopObserver{}), WithKeyPattern("x/%s"), WithValue(DefaultValue), WithConsulAPILayout()}
 	applies := map[builder][]string{
-		forLock:     {"WithAcquireTimeout", "WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithObserver", "WithKeyPattern", "WithValue"},
-		forLocker:   {"WithAcquireTimeout", "WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithSessionTTL", "WithFairQueueing", "WithReentrancy", "WithObserver", "WithKeyPattern", "WithValue"},
-		forElection: {"WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithObserver", "WithKeyPattern"},
+		forLock:     {"WithAcquireTimeout", "WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithObserver", "WithKeyPattern", "WithValue", "WithConsulAPILayout"},
+		forLocker:   {"WithAcquireTimeout", "WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithSessionTTL", "WithFairQueueing", "WithReentrancy", "WithObserver", "WithKeyPattern", "WithValue", "WithConsulAPILayout"},
+		forElection: {"WithLockTimeout", "WithLockDelay", "WithRenewal", "WithToken", "WithObserver", "WithKeyPattern", "WithConsulAPILayout"},
 	}
 	for b, names := range applies {
 		for _, opt := range all {

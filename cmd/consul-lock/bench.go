@@ -144,7 +144,7 @@ func parseWorkers(s string) ([]int, error) {
 // when asked, the one at CONSUL_HTTP_ADDR when it answers, else a dev agent.
 func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (*api.Client, string, func(), error) {
 	if servers > 0 {
-		bin, err := consulagent.Binary(ctx, meter)
+		found, err := consulBinary(ctx, meter)
 		if err != nil {
 			return nil, "", nil, err
 		}
@@ -152,7 +152,7 @@ func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (*api.C
 		if err != nil {
 			return nil, "", nil, err
 		}
-		cl, err := consulagent.StartCluster(ctx, bin, dir, servers)
+		cl, err := consulagent.StartCluster(ctx, found.Path, dir, servers)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, "", nil, err
@@ -163,7 +163,7 @@ func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (*api.C
 			os.RemoveAll(dir)
 			return nil, "", nil, err
 		}
-		where := fmt.Sprintf("%d-server loopback cluster, Consul v%s", servers, consulagent.Version)
+		where := fmt.Sprintf("%d-server loopback cluster, Consul v%s", servers, found.Version)
 		return c, where, func() { closeIdle(); cl.Stop(); os.RemoveAll(dir) }, nil
 	}
 	addr, cleanup, err := demoAgent(ctx, meter)

@@ -143,3 +143,10 @@ func unavailable(cfg *api.Config, err error) error {
 		"cannot use the Consul agent at %s://%s: %v (set CONSUL_HTTP_ADDR, or start a local agent with `consul-lock dev`)",
 		scheme, cfg.Address, err)}
 }
+
+// flagGiven reports whether flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}

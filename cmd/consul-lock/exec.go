@@ -34,11 +34,16 @@ Exit statuses besides COMMAND's:
   124  -max-hold ran out; COMMAND was stopped
   127  COMMAND could not be started
 
+With -consul-api, the lock is the one that ` + "`consul lock KEY`" + ` and consul/api's Lock
+take (Consul key KEY/.lock, with their flags), so that scripts and services
+not yet moved to consul-lock wait for it, and it for them.
+
 Examples:
   consul-lock exec nightly-report -- ./report.sh
   consul-lock exec -try -conflict-exit-code 0 backup -- pg_dump mydb
   consul-lock exec -timeout 30s -max-hold 1h migrate -- ./migrate up
   consul-lock exec -n 3 encoders -- ./encode.sh
+  consul-lock exec -consul-api service/billing/lock -- ./bill.sh
 
 Flags:
 `
@@ -54,6 +59,7 @@ type execFlags struct {
 	conflict  int
 	verbose   bool
 	n         int
+	consulAPI bool
 }
 
 func runExec(ctx context.Context, args []string, s stdio) error {
@@ -69,6 +75,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	fs.IntVar(&f.conflict, "conflict-exit-code", exitConflict, "exit status when the lock is not acquired in time")
 	fs.BoolVar(&f.verbose, "v", false, "print the wait, the hold time and the fencing token to stderr")
 	fs.IntVar(&f.n, "n", 1, "let up to `N` holders run at once (a semaphore of N slots; at most 24h each)")
+	fs.BoolVar(&f.consulAPI, "consul-api", false, "lock KEY/.lock as `consul lock KEY` and consul/api's Lock do (their flags), so both wait for each other; not with -n")
 	if err := parseFlags(fs, args, s, 2, -1); err != nil {
 		return err
 	}
@@ -92,12 +99,19 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	if f.verbose {
 		observer = verbose{s.errOut}
 	}
+	pattern := f.pattern
+	if f.consulAPI && !flagGiven(fs, "key-pattern") {
+		pattern = "%s/.lock" // the key of `consul lock KEY`
+	}
 	opts := []consullock.Option{
 		consullock.WithObserver(observer),
 		consullock.WithClient(client),
-		consullock.WithKeyPattern(f.pattern),
+		consullock.WithKeyPattern(pattern),
 		consullock.WithLockDelay(f.lockDelay),
 		consullock.WithAcquireTimeout(f.acquireTimeout()),
+	}
+	if f.consulAPI {
+		opts = append(opts, consullock.WithConsulAPILayout())
 	}
 	take, done, err := newTaker(name, opts, f)
 	if err != nil {

@@ -1,8 +1,8 @@
 // Command consul-lock is flock(1) for a whole cluster, on HashiCorp Consul.
 //
 //	consul-lock exec [flags] KEY -- COMMAND [ARG...]   run a command under a lock
-//	consul-lock status [-json] KEY                      who holds a lock
-//	consul-lock list [-json] [PREFIX]                   the locks held now
+//	consul-lock status [-json] [-watch] KEY             who holds a lock, and who waits
+//	consul-lock list [-json] [PREFIX]                   the locks and semaphores held now
 //	consul-lock release [-yes] KEY                      force-release a lock
 //	consul-lock dev                                     a local Consul for trying it out
 //	consul-lock demo                                    watch processes take turns

@@ -20,6 +20,9 @@ func runRelease(ctx context.Context, args []string, s stdio) error {
 		return err
 	}
 	key := info.Key
+	if info.Kind == kindSemaphore {
+		return exitError{1, fmt.Sprintf("%s is a semaphore (%d of %d held): release one holder by its slot's key, e.g. consul-lock release -key-pattern %%s %s", key, len(info.Holders), info.Limit, info.Holders[0].Key)}
+	}
 	if !info.Held {
 		fmt.Fprintf(s.out, "%s is not held: nothing to release\n", key)
 		return nil

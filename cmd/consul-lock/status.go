@@ -6,55 +6,38 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/keyname"
 )
 
-// lockInfo is what status and list report of one lock.
-type lockInfo struct {
-	Key      string `json:"key"`
-	Held     bool   `json:"held"`
-	Session  string `json:"session,omitempty"`
-	Node     string `json:"node,omitempty"`
-	Token    uint64 `json:"token,omitempty"`
-	Host     string `json:"host,omitempty"`
-	PID      int    `json:"pid,omitempty"`
-	LockedAt string `json:"locked_at,omitempty"`
-	Value    string `json:"value,omitempty"` // when it is not a holder record
-	TTL      string `json:"ttl,omitempty"`
-}
+const statusUsage = `Usage: consul-lock status [flags] KEY
 
-// describe reads what Consul knows of a lock's key and holder session.
-func describe(ctx context.Context, c *api.Client, pair *api.KVPair, key string) (lockInfo, error) {
-	info := lockInfo{Key: key}
-	if pair == nil || pair.Session == "" {
-		return info, nil
-	}
-	info.Held, info.Session, info.Token = true, pair.Session, pair.ModifyIndex
-	if h, err := consullock.ParseHolder(pair.Value); err == nil {
-		info.Host, info.PID, info.LockedAt = h.Host, h.PID, h.LockedAt
-	} else {
-		info.Value = fmt.Sprintf("%.200q", pair.Value)
-	}
-	s, _, err := c.Session().Info(pair.Session, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return info, err
-	}
-	if s != nil {
-		info.Node, info.TTL = s.Node, s.TTL
-	}
-	return info, nil
-}
+Shows whether lock KEY is held, and by whom (holder host and pid, session,
+fencing token, since when), and who waits for it, in the order they will be
+served (host, pid, session, waiting since). A semaphore (exec -n) shows as
+"N of LIMIT held" with its holders. Exits 0 when held, 1 when free.
+
+With -watch, prints the state again each time the holder or the queue
+changes, as Consul reports it on blocking queries, until interrupted.
+
+Examples:
+  consul-lock status nightly-report
+  consul-lock status -watch -json nightly-report
+
+Flags:
+`
 
 func runStatus(ctx context.Context, args []string, s stdio) error {
-	fs, k := newKeyFlagSet("consul-lock status", "Usage: consul-lock status [flags] KEY\n\nShows whether lock KEY is held, and by whom: holder host and pid, session,\nfencing token, and since when. Exits 0 when held, 1 when free.\n\nExample:\n  consul-lock status nightly-report\n\nFlags:\n", s)
-	asJSON := fs.Bool("json", false, "print JSON")
+	fs, k := newKeyFlagSet("consul-lock status", statusUsage, s)
+	asJSON := fs.Bool("json", false, "print JSON (with -watch, one object a line)")
+	watch := fs.Bool("watch", false, "print each change of holder and queue until interrupted")
 	if err := parseFlags(fs, args, s, 1, 1); err != nil {
 		return err
+	}
+	if *watch {
+		return watchStatus(ctx, k, fs.Arg(0), *asJSON, s)
 	}
 	_, info, err := lookup(ctx, k, fs.Arg(0))
 	if err != nil {
@@ -71,44 +54,6 @@ func runStatus(ctx context.Context, args []string, s stdio) error {
 	return nil
 }
 
-func runList(ctx context.Context, args []string, s stdio) error {
-	fs, k := newKeyFlagSet("consul-lock list", "Usage: consul-lock list [flags] [PREFIX]\n\nLists the locks held now whose KEY starts with PREFIX.\n\nExamples:\n  consul-lock list\n  consul-lock list -json billing/\n\nFlags:\n", s)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args, s, 0, 1); err != nil {
-		return err
-	}
-	base, _, _ := strings.Cut(k.pattern, "%s")
-	c, err := k.conn.client(ctx)
-	if err != nil {
-		return err
-	}
-	pairs, _, err := c.KV().List(base+fs.Arg(0), (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return exitError{exitUnavailable, err.Error()}
-	}
-	infos := []lockInfo{}
-	for _, p := range pairs {
-		if p.Session == "" {
-			continue
-		}
-		info, err := describe(ctx, c, p, p.Key)
-		if err != nil {
-			return exitError{exitUnavailable, err.Error()}
-		}
-		infos = append(infos, info)
-	}
-	if *asJSON {
-		printJSON(s.out, infos)
-		return nil
-	}
-	tw := tabwriter.NewWriter(s.out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY\tHOLDER\tSESSION\tTOKEN\tLOCKED AT")
-	for _, i := range infos {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", i.Key, holderOf(i), i.Session, i.Token, i.LockedAt)
-	}
-	return tw.Flush()
-}
-
 // lookup connects and reads what Consul knows of lock name.
 func lookup(ctx context.Context, k *keyFlags, name string) (*api.Client, lockInfo, error) {
 	key, err := keyOf(k.pattern, name)
@@ -119,15 +64,35 @@ func lookup(ctx context.Context, k *keyFlags, name string) (*api.Client, lockInf
 	if err != nil {
 		return nil, lockInfo{}, err
 	}
-	pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, lockInfo{}, exitError{exitUnavailable, err.Error()}
-	}
-	info, err := describe(ctx, c, pair, key)
+	info, _, err := read(ctx, c, key, 0)
 	if err != nil {
 		return nil, lockInfo{}, exitError{exitUnavailable, err.Error()}
 	}
 	return c, info, nil
+}
+
+// read lists the keys of lock key (its own, its semaphore slots, its
+// waiters' contender keys) and describes it. With index not 0 it is a
+// blocking query that returns once something under key changed (or after
+// Consul's wait time); it returns the index to wait on next.
+func read(ctx context.Context, c *api.Client, key string, index uint64) (lockInfo, uint64, error) {
+	pairs, meta, err := c.KV().List(key, (&api.QueryOptions{WaitIndex: index}).WithContext(ctx))
+	if err != nil {
+		return lockInfo{}, 0, err
+	}
+	info := describeKey(key, pairs)
+	return info, meta.LastIndex, addSessions(ctx, c, &info)
+}
+
+// describeKey is build on the pairs of key; a semaphore's slot named on
+// its own is described as the lock it is.
+func describeKey(key string, pairs api.KVPairs) lockInfo {
+	for _, p := range pairs {
+		if _, what := ownerOf(p); p.Key == key && what == partSlot && p.Session != "" {
+			return holderInfo(p)
+		}
+	}
+	return build(key, lockPairs(key, pairs))
 }
 
 // keyOf is the Consul key of lock name, by the library's own rules.
@@ -152,15 +117,54 @@ func holderOf(i lockInfo) string {
 	return "node " + i.Node
 }
 
+func waiterOf(w waiterInfo) string {
+	switch {
+	case w.Host != "" || w.PID != 0:
+		return fmt.Sprintf("%s pid %d", w.Host, w.PID)
+	case w.Value != "":
+		return "value " + w.Value
+	}
+	return "(no value)"
+}
+
 func printInfo(w io.Writer, i lockInfo) {
-	if !i.Held {
+	switch {
+	case i.Kind == kindSemaphore:
+		fmt.Fprintf(w, "%s: %d of %d held\n", i.Key, len(i.Holders), i.Limit)
+		for _, h := range i.Holders {
+			fmt.Fprintf(w, "  %s: %s, session %s (node %s, TTL %s), token %d, since %s\n",
+				h.Key[strings.LastIndex(h.Key, "/")+1:], holderOf(h), h.Session, h.Node, h.TTL, h.Token, orDash(h.LockedAt))
+		}
+	case !i.Held:
 		fmt.Fprintf(w, "%s: free\n", i.Key)
+	default:
+		fmt.Fprintf(w, "%s: held\n  holder:  %s\n  session: %s (node %s, TTL %s)\n  token:   %d\n", i.Key, holderOf(i), i.Session, i.Node, i.TTL, i.Token)
+		if i.LockedAt != "" {
+			fmt.Fprintf(w, "  since:   %s\n", i.LockedAt)
+		}
+	}
+	printQueue(w, i)
+}
+
+// printQueue lists the waiters in the order they will be served.
+func printQueue(w io.Writer, i lockInfo) {
+	if len(i.Queue) == 0 {
+		if i.Held {
+			fmt.Fprintln(w, "  queue:   none waiting")
+		}
 		return
 	}
-	fmt.Fprintf(w, "%s: held\n  holder:  %s\n  session: %s (node %s, TTL %s)\n  token:   %d\n", i.Key, holderOf(i), i.Session, i.Node, i.TTL, i.Token)
-	if i.LockedAt != "" {
-		fmt.Fprintf(w, "  since:   %s\n", i.LockedAt)
+	fmt.Fprintf(w, "  queue:   %d waiting\n", len(i.Queue))
+	for n, q := range i.Queue {
+		fmt.Fprintf(w, "    %d. %s, session %s, waiting since %s\n", n+1, waiterOf(q), q.Session, orDash(q.WaitingSince))
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func printJSON(w io.Writer, v any) {
