@@ -38,6 +38,11 @@ type attempt struct {
 	current func() *session
 	// q, if set, is the acquire's place in the queue of its one key.
 	q *place
+	// eager, once taken, says that others want the keys: their holds are
+	// watched at once.
+	eager bool
+	// queue is the line for the one key as the take saw it.
+	queue []contender
 
 	// pending, once an acquire failed, waits until its last take's fate
 	// is known and undoes it if it may have applied: a take in flight
@@ -62,15 +67,15 @@ func (a *attempt) contend(ctx context.Context) (*session, []uint64, error) {
 			case err != nil:
 				return nil, nil, err
 			case token != 0:
-				a.sent = time.Now()
+				a.sent, a.eager = time.Now(), true
 				return s, []uint64{token}, nil
 			}
 			// Free with this waiter first in line: take it.
 		}
 		s, res, err := a.tryTake(ctx)
 		if err != nil || res.taken() {
-			if a.q != nil && err == nil && a.q.by == s {
-				a.q.me = "" // the take deleted the contender key
+			if a.q != nil && err == nil {
+				a.queue, a.eager = a.q.took(s, res.tokens[0], res.also)
 			}
 			return s, res.tokens, err
 		}
@@ -135,11 +140,20 @@ func (a *attempt) pendingToo(fn func()) {
 	a.pending = fn
 }
 
-// fail undoes, once an acquire failed, what it may have left: its last
-// take in doubt, and its place in the queue.
+// fail takes a failed acquire out of the queue, at once, so that no
+// release hands the key to a waiter that left. What a take in doubt may
+// have got is undone by pending.
 func (a *attempt) fail() {
-	if a.q != nil && a.q.me != "" {
-		a.pendingToo(a.q.leave)
+	if a.q != nil {
+		a.q.leave()
+	}
+}
+
+// settled ends what the acquire still watches, once its holds watch their
+// keys.
+func (a *attempt) settled() {
+	if a.q != nil {
+		a.q.unwatch()
 	}
 }
 

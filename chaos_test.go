@@ -127,7 +127,7 @@ func TestHistoryUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	followers := cl.Followers(leader)
-	proxied, proxy := proxiedClient(t, followers[0].HTTPAddr())
+	_, proxy := proxiedClient(t, followers[0].HTTPAddr())
 	proxy.SetFaults(0.1, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
 	proxy.SetLatency(2 * time.Millisecond)
 	frozen := followers[1]
@@ -148,9 +148,11 @@ func TestHistoryUnderFaults(t *testing.T) {
 	stop := time.Now().Add(run)
 	var wg sync.WaitGroup
 	for w := range 4 {
-		c := proxied
-		if w%2 == 1 {
-			c = direct
+		// Each worker has a client of its own, as a process of its own
+		// would: the lock passes between them by handoffs in Consul.
+		c := clientAt(t, frozen.HTTPAddr())
+		if w%2 == 0 {
+			c = clientAt(t, proxy.Addr())
 		}
 		wg.Go(func() {
 			lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(20*time.Second))

@@ -168,11 +168,15 @@ func WithSessionTTL(d time.Duration) Option {
 	return Option{"WithSessionTTL", forLocker, func(s *settings) { s.sessionTTL = d }}
 }
 
-// WithFairQueueing makes a Locker serve the Acquire of every process in
-// arrival order (see queue.go): no waiter starves, and a release wakes one
-// waiter instead of all, for one more write per cycle. Local handoffs are
-// off in this mode, so a busy process cannot jump the queue. For NewLocker
-// only; AcquireAll and Semaphore are not queued, and refuse a fair Locker.
+// WithFairQueueing makes a Locker serve its own goroutines in arrival order
+// with everyone else's too. Waiters of different processes always queue
+// (see queue.go); by default, though, a Locker hands a released key to its
+// own next goroutine without a write, up to 64 times in a row, before the
+// first waiter of another process gets it. In this mode it never does: each
+// release hands the key to the first waiter in Consul's queue, whichever
+// process it belongs to, so no goroutine of a busy process jumps the line.
+// For NewLocker only; AcquireAll and Semaphore are not queued, and refuse a
+// fair Locker.
 func WithFairQueueing() Option {
 	return Option{"WithFairQueueing", forLocker, func(s *settings) { s.fair = true }}
 }

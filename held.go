@@ -28,6 +28,8 @@ type held struct {
 	timeout  time.Duration // the lock timeout, for messages
 	obs      Observer
 	owner    holdOwner
+	eager    bool          // watched at once, not after watchDelay: others want the key
+	queue    []contender   // the line for the key as the take saw it
 	lost     chan struct{} // closed when the hold ends: released or lost
 	finished chan struct{} // closed when the owner has given back what was left
 
@@ -86,7 +88,7 @@ func (h *held) start() {
 		h.timer = time.AfterFunc(time.Until(h.lifespan), h.expire)
 	}
 	h.mu.Unlock()
-	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, false, h.seen)
+	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, h.eager, h.seen)
 	h.mu.Lock()
 	ended := h.ended
 	if !ended {

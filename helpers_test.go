@@ -109,14 +109,21 @@ func proxiedClient(t *testing.T, addr string) (*api.Client, *faultproxy.Proxy) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { proxy.Close() })
+	return clientAt(t, proxy.Addr()), proxy
+}
+
+// clientAt returns a client of its own for the agent at addr: locks built
+// on different clients share no watch, as in different processes.
+func clientAt(t *testing.T, addr string) *api.Client {
+	t.Helper()
 	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = proxy.Addr()
+	cfg.Address = addr
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	return c, proxy
+	return c
 }
 
 // overlapDetector counts critical sections that ran at the same time.

@@ -269,6 +269,7 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 				// ended with the session: that would impose the delay.
 				a.q.leave()
 			}
+			a.settled()
 			if s := a.last; s != nil {
 				a.undo(s, nil)
 			}
@@ -279,8 +280,10 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 			s.stopRenewing()
 		}
 		h := newHeld(l.conn, l.key, tokens[0], s, l, l.s.Observer, l.s.LockTimeout, time.Time{}, l.lost)
+		h.eager, h.queue = a.eager, a.queue
 		if s.register(h) {
 			h.start()
+			a.settled()
 			return h, nil
 		}
 		// The session reached its local deadline as the key was taken:
@@ -313,7 +316,7 @@ func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
 func (l *EphemeralLock) release(ctx context.Context, h *held) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	handed, err := handOver(ctx, l.conn, h.key, h.sess.id, h.token)
+	handed, err := handOver(ctx, l.conn, h.key, h.sess.id, h.token, h.queue)
 	if err != nil {
 		return err
 	}
@@ -324,6 +327,9 @@ func (l *EphemeralLock) release(ctx context.Context, h *held) error {
 	}
 	if err := destroySession(ctx, l.conn, h.sess.id); err != nil {
 		return err
+	}
+	if !handed {
+		noteReleased(l.conn, h.key, h.sess.id) // the key went with the session
 	}
 	h.sess.invalidate(ErrReleased)
 	return nil

@@ -126,6 +126,7 @@ func (lk *Locker) acquire(ctx context.Context, a *attempt) ([]*Lease, error) {
 			return nil, wrapOp("acquire", keysName(a.keys), err)
 		}
 		if leases := lk.register(s, a, slots, tokens); leases != nil {
+			a.settled()
 			return leases, nil
 		}
 		// The session ended as the keys were taken, which frees them: take
@@ -158,6 +159,7 @@ func (lk *Locker) register(s *session, a *attempt, slots []*keySlot, tokens []ui
 		lk.took(slots[i])
 		leases[i] = &Lease{lk: lk, slot: slots[i]}
 		hs[i] = newHeld(lk.conn, key, tokens[i], s, leases[i], lk.s.Observer, lk.s.LockTimeout, lifespan, nil)
+		hs[i].eager, hs[i].queue = a.eager, a.queue
 		leases[i].h = hs[i]
 	}
 	if !s.register(hs...) {

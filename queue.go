@@ -37,6 +37,7 @@ type contender struct {
 	key     string
 	session string
 	create  uint64 // its CreateIndex: the arrival order
+	index   uint64 // its ModifyIndex
 	value   []byte
 	flags   uint64
 }
@@ -55,12 +56,19 @@ func contendersIn(pairs api.KVPairs) map[string][]contender {
 			m = map[string][]contender{}
 		}
 		lock := p.Key[:i]
-		m[lock] = append(m[lock], contender{key: p.Key, session: p.Session, create: p.CreateIndex, value: p.Value, flags: p.Flags})
+		m[lock] = append(m[lock], contender{key: p.Key, session: p.Session, create: p.CreateIndex, index: p.ModifyIndex, value: p.Value, flags: p.Flags})
 	}
 	for _, q := range m {
 		slices.SortFunc(q, func(a, b contender) int { return cmp.Compare(a.create, b.create) })
 	}
 	return m
+}
+
+// isContenderKey reports whether key has the shape of a contender key.
+func isContenderKey(key string) bool {
+	i := strings.LastIndex(key, queueSep)
+	const sessionID, sep, nonceHex = 36, 1, 8
+	return i >= 0 && len(key)-i-len(queueSep) == sessionID+sep+nonceHex
 }
 
 // queuePlace says who heads queue q, and whether contender key me is in it.
@@ -82,6 +90,7 @@ type place struct {
 	holder  *api.KVPair // the key as last seen held by another, for messages
 	blocked bool        // a take found the key held: wait in line
 	known   uint64      // the index at which q.st was seen
+	pred    contender   // the contender just ahead, as last listed
 	sub     *subscription
 	news    *news
 }
@@ -92,11 +101,24 @@ func queueFor(a *attempt) {
 	q := &place{a: a, key: a.keys[0]}
 	a.q = q
 	a.also = func(s *session) api.KVTxnOps {
+		// The take reads the queue, for the release to hand the key on.
+		read := &api.KVTxnOp{Verb: api.KVGetTree, Key: q.key}
 		if q.me == "" || q.by != s {
-			return nil
+			return api.KVTxnOps{read}
 		}
-		return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}} // the take leaves the queue
+		return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}, read} // the take leaves the queue
 	}
+}
+
+// took records a take by s at token, and the queue it read: the holder
+// hands the key to the first in it, unless a watch saw a newer queue. It
+// reports whether others were waiting or this acquire waited: the hold is
+// then watched at once, so that a release sees who came meanwhile.
+func (q *place) took(s *session, token uint64, also api.KVPairs) (queue []contender, contended bool) {
+	queue = contendersIn(also)[q.key]
+	noteQueue(q.a.conn, q.key, keyState{exists: true, session: s.id, index: token}, queue, token)
+	q.me = "" // the take deleted the contender key
+	return queue, len(queue) > 0 || q.at != 0
 }
 
 // inLine reports whether the acquire should wait in line rather than take:
@@ -126,9 +148,9 @@ func (q *place) inLine() bool {
 
 // wait waits in line until the key is handed to this waiter (its token),
 // or is free with this waiter first in line, or held by this waiter's own
-// session, which may take it (token 0).
+// session, which may take it (token 0). Its watch goes on until settled,
+// so that the hold's watch finds the watch's query running and its answer.
 func (q *place) wait(ctx context.Context) (*session, uint64, error) {
-	defer q.unwatch()
 	for {
 		if q.me != "" && q.by.Err() != nil { // ended here: a handoff to it would be wasted
 			q.leave()
@@ -159,6 +181,21 @@ func (q *place) wait(ctx context.Context) (*session, uint64, error) {
 			return nil, 0, err
 		}
 	}
+}
+
+// next waits for what may change the waiter's place: the key and its queue
+// at the head of the line; behind, only the contender just ahead, so that a
+// change of the key wakes the head alone, not every waiter.
+func (q *place) next(ctx context.Context) error {
+	if q.st.head == q.me || q.pred.key == "" {
+		return q.nextAtHead(ctx)
+	}
+	q.unwatch()
+	if err := q.await(ctx, watchKey(q.a.conn, q.pred.key, keyState{exists: true, session: q.pred.session, index: q.pred.index}, true, q.tell())); err != nil {
+		return err
+	}
+	q.unwatch()
+	return q.refresh(ctx)
 }
 
 // enqueue puts a contender key in the queue with a live session, in one
@@ -213,27 +250,51 @@ func (q *place) saw(st keyState, pairs api.KVPairs) {
 			q.holder = p
 		}
 	}
+	if pairs != nil {
+		q.pred = contender{}
+		for _, c := range contendersIn(pairs)[q.key] {
+			if c.key == q.me {
+				break
+			}
+			q.pred = c
+		}
+	}
 	q.st = st
 	note(q.a.conn, q.key, keyState{exists: st.exists, session: st.session, index: st.index})
 }
 
-// next waits for the watch to see the key or the queue change.
-func (q *place) next(ctx context.Context) error {
-	if q.sub == nil {
-		q.news = &news{ready: make(chan struct{}, 1)}
-		q.sub = watchQueue(q.a.conn, q.key, q.me, q.known, q.st, q.news.tell)
+// nextAtHead waits for the watch to see the key or the queue change.
+func (q *place) nextAtHead(ctx context.Context) error {
+	if q.sub == nil || q.sub.contender == "" {
+		q.unwatch()
+		q.sub = watchQueue(q.a.conn, q.key, q.me, q.known, q.st, q.tell())
 	}
+	if err := q.await(ctx, q.sub); err != nil {
+		return err
+	}
+	q.saw(q.news.take(), nil)
+	return nil
+}
+
+// tell makes a fresh news for the next watch, and returns its callback.
+func (q *place) tell() func(keyState) {
+	q.news = &news{ready: make(chan struct{}, 1)}
+	return q.news.tell
+}
+
+// await waits for sub's news, until ctx ends or the deadline passes.
+func (q *place) await(ctx context.Context, sub *subscription) error {
+	q.sub = sub
 	timer := time.NewTimer(time.Until(q.a.deadline))
 	defer timer.Stop()
 	select {
 	case <-q.news.ready:
+		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	case <-timer.C:
 		return notAcquiredError(q.holder, q.a.timeout)
 	}
-	q.saw(q.news.take(), nil)
-	return nil
 }
 
 // news keeps the newest state a watch told of, for a waiter: the watch's
@@ -289,9 +350,11 @@ func (q *place) unwatch() {
 	}
 }
 
-// leave takes the waiter out of the line after a failed acquire: see
-// leaveWith. It runs with the key's local turn held, if any.
+// leave takes the waiter out of the line after a failed acquire, before
+// the acquire returns: see leaveWith. It runs with the key's local turn
+// held, if any.
 func (q *place) leave() {
+	q.unwatch()
 	if q.me != "" {
 		me, s := q.me, q.by
 		q.me = ""
@@ -300,47 +363,76 @@ func (q *place) leave() {
 }
 
 // leaveWith deletes the contender key me of session s, after which no
-// holder can hand the key to s any more; if one did before, s holds the
-// key, which is passed on. What cannot be done ends s, whose end frees all.
+// holder can hand the key to s any more: usually one round trip. If the
+// contender key was gone already, a holder may have handed the key to s,
+// which passes it on. What cannot be done ends s, whose end frees all.
 func (q *place) leaveWith(me string, s *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	err := deleteIfHeld(ctx, q.a.conn, me, s.id)
-	var pair *api.KVPair
-	if err == nil {
+	left, err := deleteContender(ctx, q.a.conn, me, s.id)
+	if err == nil && !left {
+		var pair *api.KVPair
 		pair, err = readKey(ctx, q.a.conn, q.key)
-	}
-	if err == nil && pair != nil && pair.Session == s.id {
-		err = giveOn(ctx, q.a.conn, q.key, s.id, pair.ModifyIndex)
+		if err == nil && pair != nil && pair.Session == s.id {
+			err = giveOn(ctx, q.a.conn, q.key, s.id, pair.ModifyIndex, nil)
+		}
 	}
 	if err != nil {
 		s.abandon(fmt.Errorf("%w: could not leave the queue of %q: %w", ErrLockLost, q.key, err))
 	}
 }
 
+// deleteContender deletes contender key me while session holds it, and
+// reports whether it did: false when it was gone already.
+func deleteContender(ctx context.Context, c conn, me, session string) (bool, error) {
+	ops := api.KVTxnOps{
+		{Verb: api.KVCheckSession, Key: me, Session: session},
+		{Verb: api.KVDelete, Key: me},
+	}
+	var deleted bool
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+		ok, resp, err := kvTxn(ctx, c, ops)
+		switch {
+		case err != nil:
+			return err
+		case !ok && classifyTxnError(txnError(resp).Error()) != txnCheckFailed:
+			return txnError(resp)
+		}
+		deleted = ok
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("leave the queue: %w", consulError(err))
+	}
+	return deleted, nil
+}
+
 // giveOn gives back key, which session holds at token: to the first
 // contender in line, if this process knows of one, else by deleting it.
-func giveOn(ctx context.Context, c conn, key, session string, token uint64) error {
-	if handed, err := handOver(ctx, c, key, session, token); err != nil || handed {
+// queue is the line as the take saw it, if known.
+func giveOn(ctx context.Context, c conn, key, session string, token uint64, queue []contender) error {
+	if handed, err := handOver(ctx, c, key, session, token, queue); err != nil || handed {
 		return err
 	}
 	err := giveBackKey(ctx, c, key, session, token)
 	if err == nil {
-		note(c, key, keyState{})
+		noteReleased(c, key, session)
 	}
 	return err
 }
 
 // handOver hands key, which session holds at token, to the first contender
-// in line that this process knows of, in one transaction. It reports false
-// when it knows of none, or the one it knew of has left: the caller gives
-// the key back instead.
-func handOver(ctx context.Context, c conn, key, session string, token uint64) (bool, error) {
-	h := hubOf(c)
-	if h == nil {
-		return false, nil
+// in line that this process knows of (from the newest of a watch's answers
+// and queue, the line as the take saw it), in one transaction. It reports
+// false when it knows of none, or the one it knew of has left: the caller
+// gives the key back instead.
+func handOver(ctx context.Context, c conn, key, session string, token uint64, queue []contender) (bool, error) {
+	next, ok := contender{}, false
+	if h := hubOf(c); h != nil {
+		next, ok = h.successor(key, session, token, queue)
+	} else {
+		next, ok = firstOther(queue, session)
 	}
-	next, ok := h.successor(key, session)
 	if !ok {
 		return false, nil
 	}
@@ -374,6 +466,16 @@ func handOver(ctx context.Context, c conn, key, session string, token uint64) (b
 		return false, fmt.Errorf("hand over: %w", consulError(err))
 	}
 	return handed, nil
+}
+
+// firstOther is the first contender in queue not of session exclude.
+func firstOther(queue []contender, exclude string) (contender, bool) {
+	for _, c := range queue {
+		if c.session != exclude {
+			return c, true
+		}
+	}
+	return contender{}, false
 }
 
 // lastIndexOf is the ModifyIndex of key's last result in resp.

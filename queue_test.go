@@ -66,9 +66,11 @@ func (a *attemptCount) perAcquire() float64 {
 	return float64(a.attempts) / float64(a.acquires)
 }
 
-// With fair queueing, waiters of different processes are served in arrival
-// order: one attempt per acquire (a release wakes one waiter, not all), no
-// contender key left, and the worst wait is measured against the default.
+// Waiters of different processes are served in arrival order, with fair
+// queueing and without: about one write per acquire (the enqueue: a release
+// hands the key to the first waiter instead of waking them all; a second
+// write is a take that found the key held before the process knew of the
+// line), no contender key left, and the worst waits of both modes measured.
 func TestFairQueueing(t *testing.T) {
 	t.Parallel()
 	const workers, rounds = 16, 10
@@ -77,8 +79,8 @@ func TestFairQueueing(t *testing.T) {
 	t.Logf("%d workers x %d cycles: fair queueing: worst wait %v, p50 %v, %.2f attempts per acquire; default: worst wait %v, p50 %v, %.2f attempts per acquire",
 		workers, rounds, fairWaits[len(fairWaits)-1].Round(time.Millisecond), fairWaits[len(fairWaits)/2].Round(time.Millisecond), fairAttempts,
 		waits[len(waits)-1].Round(time.Millisecond), waits[len(waits)/2].Round(time.Millisecond), defaultAttempts)
-	if fairAttempts > 1.1 {
-		t.Fatalf("%.2f attempts per acquire with fair queueing, want 1: only the head of the queue contends", fairAttempts)
+	if fairAttempts > 1.25 || defaultAttempts > 1.25 {
+		t.Fatalf("%.2f and %.2f writes per acquire with fair queueing and without, want about 1: a release hands the key to one waiter", fairAttempts, defaultAttempts)
 	}
 	c := consultest.Client(t)
 	if keys, _, _ := c.KV().Keys("locks/ephemeral/"+lockName(t, ""), "", nil); len(keys) != 0 {

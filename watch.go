@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,10 @@ const (
 	// watchWait is the wait time of each watch query: a process that goes
 	// away frees its slots in the agent within it.
 	watchWait = 30 * time.Second
+	// contenderWait is the wait time of a query on a waiter's contender
+	// key alone: such a query usually ends with the key's deletion, and
+	// one that a waiter gave up on should free its slot soon.
+	contenderWait = 5 * time.Second
 	// watchLinger is how long a query that nobody needs any more may run
 	// before it is cancelled: usually the change that ended the need
 	// answers it first, and its connection is kept for reuse.
@@ -76,10 +81,17 @@ type hub struct {
 	noted  map[string]notedState    // keys this process wrote last, newer than any answer (see note)
 }
 
-// notedState is a key's state after a write of this process.
+// notedState is a key's state after a write of this process, and, when
+// the write read it, the key's queue then.
 type notedState struct {
-	st keyState
-	at time.Time
+	st     keyState
+	queue  []contender
+	listed bool   // queue was read with the write, at index
+	index  uint64 // the write's index
+	// releasedBy is the session that gave the key back: an answer that
+	// shows the key still held by it is older than the write.
+	releasedBy string
+	at     time.Time
 }
 
 type watchGroup struct {
@@ -92,7 +104,9 @@ type watchGroup struct {
 	at      time.Time              // when the last answer came
 	retired bool                   // merged into another: its answers are not used
 	cancel  context.CancelFunc
-	idle    *time.Timer // cancels the query once the group has lingered unneeded
+	idle    *time.Timer   // cancels the query once the group has lingered unneeded
+	wake    chan struct{} // an eager watcher joined: stop pausing
+	gone    bool          // its prefix is a contender key, now deleted for good
 }
 
 var hubs = struct {
@@ -179,6 +193,12 @@ func (h *hub) join(sub *subscription) *watchGroup {
 	}
 	g.subs[sub] = struct{}{}
 	sub.group = g
+	if sub.eager {
+		select {
+		case g.wake <- struct{}{}:
+		default:
+		}
+	}
 	if g.idle != nil {
 		g.idle.Stop()
 		g.idle = nil
@@ -277,7 +297,7 @@ func commonPrefix(a, b string) string {
 // start starts a group on prefix with subs. h.mu is held.
 func (h *hub) start(prefix string, subs []*subscription) *watchGroup {
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &watchGroup{prefix: prefix, subs: map[*subscription]struct{}{}, cancel: cancel}
+	g := &watchGroup{prefix: prefix, subs: map[*subscription]struct{}{}, cancel: cancel, wake: make(chan struct{}, 1)}
 	for _, sub := range subs {
 		g.subs[sub] = struct{}{}
 		sub.group = g
@@ -309,16 +329,33 @@ func (g *watchGroup) linger() {
 	}
 }
 
+// pause waits for d, or until an eager watcher joins g.
+func (g *watchGroup) pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-g.wake:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
 // follow runs g's blocking queries until g is no longer needed.
 func (h *hub) follow(ctx context.Context, g *watchGroup) {
 	defer h.drop(g)
 	var b backoff
+	wait, contender := watchWait, isContenderKey(g.prefix)
+	if contender {
+		wait = contenderWait
+	}
 	for {
 		h.mu.Lock()
 		done := g.retired || len(g.subs) == 0
 		if pause := g.young(); !done && pause > 0 {
 			h.mu.Unlock()
-			if sleep(ctx, pause) != nil {
+			if g.pause(ctx, pause) != nil {
 				return
 			}
 			continue
@@ -337,7 +374,7 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 			return
 		}
 		pairs, meta, err := h.conn.c.KV().List(g.prefix, h.conn.query(ctx, api.QueryOptions{
-			WaitIndex: index, WaitTime: watchWait,
+			WaitIndex: index, WaitTime: wait,
 		}))
 		switch {
 		case ctx.Err() != nil:
@@ -353,6 +390,15 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 		}
 		b = backoff{}
 		h.deliver(g, pairs, nextIndex(index, meta.LastIndex))
+		if contender && !slices.ContainsFunc(pairs, func(p *api.KVPair) bool { return p.Key == g.prefix }) {
+			// A contender key never comes back (its name is unique): the
+			// watch ends with its answer rather than with a cancelled
+			// query, whose slot the agent would keep for the wait time.
+			h.mu.Lock()
+			g.gone = true
+			h.mu.Unlock()
+			return
+		}
 		// A wide prefix answers with many keys: pace its queries so that
 		// a busy prefix does not become a loop of large lists.
 		if n := len(pairs); n > 100 {
@@ -459,7 +505,7 @@ func (h *hub) drop(g *watchGroup) {
 	if g.idle != nil {
 		g.idle.Stop()
 	}
-	if len(g.subs) > 0 && !g.retired { // still needed (its query failed for good): start over
+	if len(g.subs) > 0 && !g.retired && !g.gone { // still needed (its query failed for good): start over
 		subs := make([]*subscription, 0, len(g.subs))
 		for sub := range g.subs {
 			subs = append(subs, sub)
@@ -497,27 +543,22 @@ func stateIn(pairs api.KVPairs, sub *subscription) keyState {
 }
 
 // successor returns the first live contender for key, other than those of
-// session exclude, in the newest answer this process has: the one a
-// release hands the key to. The answer may be old; the handoff checks
-// that the contender is still there.
-func (h *hub) successor(key, exclude string) (contender, bool) {
+// session exclude, in the newest view this process has: the answers of its
+// watches, what its writes read, and queue, seen at index. The view may be
+// old; the handoff checks that the contender is still there.
+func (h *hub) successor(key, exclude string, index uint64, queue []contender) (contender, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var best *watchGroup
+	newest := index
 	for g := range h.groups {
-		if !g.retired && g.index != 0 && covers(g.prefix, key) && (best == nil || g.index > best.index) {
-			best = g
+		if !g.retired && g.index != 0 && covers(g.prefix, key) && g.index >= newest {
+			queue, newest = g.queues[key], g.index
 		}
 	}
-	if best == nil {
-		return contender{}, false
+	if n, ok := h.noted[key]; ok && n.listed && n.index > newest {
+		queue = n.queue
 	}
-	for _, c := range best.queues[key] {
-		if c.session != exclude {
-			return c, true
-		}
-	}
-	return contender{}, false
+	return firstOther(queue, exclude)
 }
 
 // holderOf returns key's state as this process saw it last, from its own
@@ -533,8 +574,11 @@ func (h *hub) holderOf(key string) (st keyState, waiting, ok bool) {
 			st, waiting, newest, ok = g.last[key], len(g.queues[key]) > 0, g.at, true
 		}
 	}
-	if n, found := h.noted[key]; found && n.at.After(newest) {
+	if n, found := h.noted[key]; found && (n.at.After(newest) || n.releasedBy != "" && st.session == n.releasedBy) {
 		st, newest, ok = n.st, n.at, true
+		if n.listed {
+			waiting = len(n.queue) > 0
+		}
 	}
 	return st, waiting, ok && time.Since(newest) < noteLife
 }
@@ -544,7 +588,17 @@ const noteLife = 2 * time.Second
 
 // note records key's state just after a write of this process changed it,
 // as a hint for the next acquire of key in this process.
-func note(c conn, key string, st keyState) {
+func note(c conn, key string, st keyState) { remember(c, key, notedState{st: st}) }
+
+// noteReleased records that session gave key back.
+func noteReleased(c conn, key, session string) { remember(c, key, notedState{releasedBy: session}) }
+
+// noteQueue records key's state and queue as a write at index read them.
+func noteQueue(c conn, key string, st keyState, queue []contender, index uint64) {
+	remember(c, key, notedState{st: st, queue: queue, listed: true, index: index})
+}
+
+func remember(c conn, key string, n notedState) {
 	hubs.Lock()
 	h := hubs.m[c]
 	hubs.Unlock()
@@ -554,13 +608,14 @@ func note(c conn, key string, st keyState) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.noted) >= 1024 {
-		for k, n := range h.noted {
-			if time.Since(n.at) >= noteLife {
+		for k, old := range h.noted {
+			if time.Since(old.at) >= noteLife {
 				delete(h.noted, k)
 			}
 		}
 	}
-	h.noted[key] = notedState{st, time.Now()}
+	n.at = time.Now()
+	h.noted[key] = n
 }
 
 // hubOf returns the hub of c's watches, or nil when none runs.

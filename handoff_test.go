@@ -1,0 +1,231 @@
+package consullock_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/consultest"
+)
+
+// Lockers on clients of their own stand for processes on different hosts:
+// they share no watch and no local turn, only Consul.
+
+// queued waits until n contender keys wait for key.
+func queued(t *testing.T, c *api.Client, key string, n int) []*api.KVPair {
+	t.Helper()
+	var pairs api.KVPairs
+	consultest.Eventually(t, 10*time.Second, "contender keys in the queue", func() bool {
+		var err error
+		pairs, _, err = c.KV().List(key+".queue/", &api.QueryOptions{RequireConsistent: true})
+		return err == nil && len(pairs) == n
+	})
+	return pairs
+}
+
+// A release hands the key to the waiter of another process in one consensus
+// write, and the waiter holds it without a write of its own: its lease's
+// token is the index of that write, its session holds the key with its own
+// value, and its contender key is gone.
+func TestReleaseHandsTheKeyOverInOneWrite(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	direct := consultest.ClientOf(t, agent)
+	ctx := context.Background()
+	holder := newLocker(t, consultest.ClientOf(t, agent))
+	waiter := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute),
+		consullock.WithValue(func() []byte { return []byte("the waiter's") }))
+	const rounds = 20
+	var writes uint64
+	for range rounds {
+		held, err := holder.Acquire(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *consullock.Lease, 1)
+		go func() {
+			l, err := waiter.Acquire(ctx, "k")
+			if err != nil {
+				t.Error(err)
+			}
+			got <- l
+		}()
+		queued(t, direct, "locks/ephemeral/k", 1)
+		before := raftIndex(t, direct)
+		if err := held.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		l := <-got
+		if l == nil {
+			t.FailNow()
+		}
+		writes += raftIndex(t, direct) - before
+		pair, _, err := direct.KV().Get("locks/ephemeral/k", &api.QueryOptions{RequireConsistent: true})
+		if err != nil || pair == nil || pair.Session != l.Session() || pair.ModifyIndex != l.Token() || string(pair.Value) != "the waiter's" {
+			t.Fatalf("after the handoff the key is %+v (%v); the lease has session %s, token %d", pair, err, l.Session(), l.Token())
+		}
+		if l.Token() <= held.Token() {
+			t.Fatalf("token %d after %d", l.Token(), held.Token())
+		}
+		queued(t, direct, "locks/ephemeral/k", 0)
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Consul writes a little on its own (coordinates, autopilot): allow 0.1.
+	if perHandoff := float64(writes) / rounds; perHandoff > 1.1 {
+		t.Fatalf("%.2f consensus writes from a release to the waiter holding the key, want 1", perHandoff)
+	}
+}
+
+// A waiter whose session Consul invalidated while it waited in line queues
+// again with a new session and gets the lock when it is released: no error
+// (the fair queue used to fail with "the contender key left the queue").
+func TestQueuedWaiterOutlivesItsSession(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	direct := consultest.ClientOf(t, agent)
+	ctx := context.Background()
+	holder := newLocker(t, consultest.ClientOf(t, agent))
+	waiter := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute))
+	held, err := holder.Acquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		l, err := waiter.Acquire(ctx, "k")
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		got <- err
+	}()
+	first := queued(t, direct, "locks/ephemeral/k", 1)[0]
+	if _, err := direct.Session().Destroy(first.Session, nil); err != nil {
+		t.Fatal(err)
+	}
+	consultest.Eventually(t, 10*time.Second, "the waiter queued again with a new session", func() bool {
+		pairs, _, err := direct.KV().List("locks/ephemeral/k.queue/", &api.QueryOptions{RequireConsistent: true})
+		return err == nil && len(pairs) == 1 && pairs[0].Session != first.Session
+	})
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("the waiter whose session was destroyed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter did not get the lock within 10 s of its release")
+	}
+}
+
+// Waiters that give up (their acquire timeout passes) at every moment
+// around a release leave the line: the key never stays with a waiter that
+// left, and the next waiter gets it.
+func TestWaitersThatGiveUpLeaveTheLine(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	direct := consultest.ClientOf(t, agent)
+	ctx := context.Background()
+	holder := newLocker(t, consultest.ClientOf(t, agent))
+	quitter := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(100*time.Millisecond))
+	patient := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute))
+	gaveUp := 0
+	for i := range 20 {
+		held, err := holder.Acquire(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		quit := make(chan error, 1)
+		go func() {
+			l, err := quitter.Acquire(ctx, "k")
+			if err == nil {
+				err = l.Release(ctx)
+			}
+			quit <- err
+		}()
+		queued(t, direct, "locks/ephemeral/k", 1)
+		got := make(chan *consullock.Lease, 1)
+		go func() {
+			l, err := patient.Acquire(ctx, "k")
+			if err != nil {
+				t.Error(err)
+			}
+			got <- l
+		}()
+		queued(t, direct, "locks/ephemeral/k", 2)
+		// Release around the moment the quitter gives up: 60 to 140 ms
+		// after it queued.
+		time.Sleep(time.Duration(60+4*i) * time.Millisecond) // the moment of the release, not a wait for a condition
+		if err := held.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		switch err := <-quit; {
+		case err == nil:
+		case errors.Is(err, consullock.ErrNotAcquired):
+			gaveUp++
+		default:
+			t.Fatalf("the quitter: %v", err)
+		}
+		l := <-got
+		if l == nil {
+			t.FailNow()
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		consultest.Eventually(t, 5*time.Second, "the key free and the line empty", func() bool {
+			keys, _, err := direct.KV().Keys("locks/ephemeral/k", "", &api.QueryOptions{RequireConsistent: true})
+			return err == nil && len(keys) == 0
+		})
+	}
+	t.Logf("the quitter gave up %d times in 20", gaveUp)
+	if gaveUp == 0 || gaveUp == 20 {
+		t.Fatalf("the quitter gave up %d times in 20: the releases missed the moment they were meant to race", gaveUp)
+	}
+}
+
+// EphemeralLocks of different processes wait in line too: a waiter is
+// handed the key by the holder's Release, after one write of its own (the
+// enqueue), and holds it with its own value.
+func TestEphemeralLockWaitersAreHandedTheKey(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	direct := consultest.ClientOf(t, agent)
+	ctx := context.Background()
+	name := "k"
+	holder := newLock(t, consultest.ClientOf(t, agent), name)
+	if err := holder.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	counts := &attemptCount{}
+	waiter := newLock(t, consultest.ClientOf(t, agent), name, consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(counts))
+	got := make(chan error, 1)
+	go func() { got <- waiter.Acquire(ctx) }()
+	queued(t, direct, holder.Key(), 1)
+	if err := holder.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	defer waiter.Release(ctx)
+	pair, _, err := direct.KV().Get(waiter.Key(), &api.QueryOptions{RequireConsistent: true})
+	if err != nil || pair == nil || pair.Session != waiter.Session() || pair.ModifyIndex != waiter.Token() {
+		t.Fatalf("the key is %+v (%v); the waiter has session %s, token %d", pair, err, waiter.Session(), waiter.Token())
+	}
+	if h, err := consullock.ParseHolder(pair.Value); err != nil || h.PID == 0 || !strings.Contains(string(pair.Value), "locked_at") {
+		t.Fatalf("the handed key's value %q is not the waiter's lock value (%v)", pair.Value, err)
+	}
+	// Two writes: the take that found the key held, then the enqueue.
+	if a := counts.perAcquire(); a > 2 {
+		t.Fatalf("%.0f writes to acquire, want at most 2 (a take, an enqueue)", a)
+	}
+}
