@@ -30,7 +30,15 @@ latency, cycles per second, and the ratios between them:
   contended:   -workers workers (a Locker or a consul/api Lock each, as
                separate processes would have) on one key, for -duration each,
                with the handoff time from a holder's release to the next
-               holder's acquire.
+               holder's acquire;
+  processes:   with -processes, the same with each worker an OS process of
+               its own, as on different hosts.
+
+Contended cases report the worst wait for the lock, and each worker's share
+(the fewest cycles a worker completed over the mean: a lock that starves
+some workers is not fast). -hold makes each holder hold the lock that long;
+the overhead per cycle (the cycle time less the hold) is then given in raw
+writes (half the floor's p50).
 
 The agent is the one at CONSUL_HTTP_ADDR when it answers, else a dev agent
 that bench starts; -cluster 3 starts a 3-server cluster instead.
@@ -42,6 +50,7 @@ Examples:
   consul-lock bench
   consul-lock bench -cluster 3 -plot latency.svg
   consul-lock bench -json > results.json
+  consul-lock bench -processes 4,16 -hold 1ms
   consul-lock bench -cluster 3 2>&1 | tee bench.log
 
 Flags:
@@ -49,6 +58,7 @@ Flags:
 
 type benchReport struct {
 	Agent       string         `json:"agent"`
+	Hold        time.Duration  `json:"hold_ns"`
 	Uncontended []bench.Result `json:"uncontended"`
 	Contended   []bench.Result `json:"contended"`
 }
@@ -62,27 +72,33 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	plot := fs.String("plot", "", "write an SVG chart of the uncontended latency distributions to this `file`")
 	quiet := fs.Bool("q", false, "show no progress")
+	processesFlag := fs.String("processes", "", "comma-separated numbers of contending worker processes (none by default)")
+	hold := fs.Duration("hold", 0, "how long each contended holder holds the lock")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), benchUsage); fs.PrintDefaults() }
 	if err := parseFlags(fs, args, s, 0, 0); err != nil {
 		return err
 	}
-	workers, err := parseWorkers(*workersFlag)
-	if err != nil || *cycles < 1 || *duration <= 0 {
-		return usageError{errors.Join(err, errors.New("-cycles and -duration must be positive, -workers a list of positive numbers"))}
+	workers, err := parseWorkers("-workers", *workersFlag)
+	var processes []int
+	if err == nil && *processesFlag != "" {
+		processes, err = parseWorkers("-processes", *processesFlag)
+	}
+	if err != nil || *cycles < 1 || *duration <= 0 || *hold < 0 {
+		return usageError{errors.Join(err, errors.New("-cycles and -duration must be positive, -hold not negative, -workers and -processes lists of positive numbers"))}
 	}
 	if *plot != "" && filepath.Ext(*plot) != ".svg" {
 		return usageError{fmt.Errorf("-plot %s: only .svg charts are written", *plot)}
 	}
 	meter := progress.New(s.errOut, *quiet)
 	defer meter.Done() // before an error is printed on the line
-	c, where, cleanup, err := benchAgent(ctx, *cluster, meter)
+	c, addr, where, cleanup, err := benchAgent(ctx, *cluster, meter)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
 	defer bench.Cleanup(context.WithoutCancel(ctx), c)
 
-	report := benchReport{Agent: where}
+	report := benchReport{Agent: where, Hold: *hold}
 	for _, impl := range bench.Impls() {
 		r, err := runCase(ctx, c, impl, bench.Spec{Workers: 1, Cycles: *cycles}, meter)
 		if err != nil {
@@ -92,7 +108,16 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 	}
 	for _, n := range workers {
 		for _, impl := range bench.Impls()[1:] { // the raw floor is no lock
-			r, err := runCase(ctx, c, impl, bench.Spec{Workers: n, Duration: *duration}, meter)
+			r, err := runCase(ctx, c, impl, bench.Spec{Workers: n, Duration: *duration, Hold: *hold}, meter)
+			if err != nil {
+				return err
+			}
+			report.Contended = append(report.Contended, r)
+		}
+	}
+	for _, n := range processes {
+		for _, impl := range processImpls {
+			r, err := runProcesses(ctx, addr, impl, n, *duration, *hold, meter)
 			if err != nil {
 				return err
 			}
@@ -128,12 +153,12 @@ func runCase(ctx context.Context, c *api.Client, impl bench.Impl, spec bench.Spe
 	})
 }
 
-func parseWorkers(s string) ([]int, error) {
+func parseWorkers(flag, s string) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
 		var n int
 		if _, err := fmt.Sscan(strings.TrimSpace(f), &n); err != nil || n < 1 {
-			return nil, fmt.Errorf("-workers %q", s)
+			return nil, fmt.Errorf("%s %q", flag, s)
 		}
 		out = append(out, n)
 	}
@@ -142,42 +167,41 @@ func parseWorkers(s string) ([]int, error) {
 
 // benchAgent returns a client of the agent to measure: a cluster of its own
 // when asked, the one at CONSUL_HTTP_ADDR when it answers, else a dev agent.
-func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (*api.Client, string, func(), error) {
+func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (c *api.Client, addr, where string, cleanup func(), err error) {
 	if servers > 0 {
 		found, err := consulBinary(ctx, meter)
 		if err != nil {
-			return nil, "", nil, err
+			return nil, "", "", nil, err
 		}
 		dir, err := os.MkdirTemp("", "consul-lock-bench-")
 		if err != nil {
-			return nil, "", nil, err
+			return nil, "", "", nil, err
 		}
 		cl, err := consulagent.StartCluster(ctx, found.Path, dir, servers)
 		if err != nil {
 			os.RemoveAll(dir)
-			return nil, "", nil, err
+			return nil, "", "", nil, err
 		}
 		c, closeIdle, err := cl.Servers[0].Client()
 		if err != nil {
 			cl.Stop()
 			os.RemoveAll(dir)
-			return nil, "", nil, err
+			return nil, "", "", nil, err
 		}
 		where := fmt.Sprintf("%d-server loopback cluster, Consul v%s", servers, found.Version)
-		return c, where, func() { closeIdle(); cl.Stop(); os.RemoveAll(dir) }, nil
+		return c, cl.Servers[0].HTTPAddr(), where, func() { closeIdle(); cl.Stop(); os.RemoveAll(dir) }, nil
 	}
-	addr, cleanup, err := demoAgent(ctx, meter)
+	addr, cleanup, err = demoAgent(ctx, meter)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, "", "", nil, err
 	}
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
-	c, err := api.NewClient(cfg)
-	if err != nil {
+	if c, err = api.NewClient(cfg); err != nil {
 		cleanup()
-		return nil, "", nil, err
+		return nil, "", "", nil, err
 	}
-	return c, "agent at " + addr, cleanup, nil
+	return c, addr, "agent at " + addr, cleanup, nil
 }
 
 func writePlot(path, where string, results []bench.Result) error {
@@ -202,28 +226,43 @@ func printReport(w io.Writer, r benchReport, cycles int, d time.Duration) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.2fx\t\n", x.Impl, msf(x.P50), msf(x.P99), x.PerSecond, float64(x.P50)/float64(floor))
 	}
 	tw.Flush()
-	var apiRate = map[int]float64{}
+	type group struct {
+		workers   int
+		processes bool
+	}
+	apiRate := map[group]float64{}
 	for _, x := range r.Contended {
 		if x.Impl == bench.ConsulAPI.Name {
-			apiRate[x.Workers] = x.PerSecond
+			apiRate[group{x.Workers, x.Processes}] = x.PerSecond
 		}
 	}
+	write := floor / 2
 	for i, x := range r.Contended {
-		if i == 0 || r.Contended[i-1].Workers != x.Workers {
-			fmt.Fprintf(w, "\nContended: %d workers on one key, %v each\n", x.Workers, d)
+		g := group{x.Workers, x.Processes}
+		if i == 0 || (group{r.Contended[i-1].Workers, r.Contended[i-1].Processes}) != g {
+			kind := "workers in one process"
+			if x.Processes {
+				kind = "processes"
+			}
+			fmt.Fprintf(w, "\nContended: %d %s on one key, %v each, hold %v\n", x.Workers, kind, d, r.Hold)
 			tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "implementation\tcycles/s\tvs consul/api\thandoff p50\tcycle p99\tcycle max\tattempts/acquire\t")
+			fmt.Fprintln(tw, "implementation\tcycles/s\tvs consul/api\toverhead/cycle\thandoff p50\tcycle p99\tworst wait\tmin share\tattempts/acquire\t")
 		}
 		ratio := "-"
-		if apiRate[x.Workers] > 0 {
-			ratio = fmt.Sprintf("%.1fx", x.PerSecond/apiRate[x.Workers])
+		if apiRate[g] > 0 {
+			ratio = fmt.Sprintf("%.1fx", x.PerSecond/apiRate[g])
 		}
 		attempts := "-"
 		if x.AttemptsPerAcquire > 0 {
 			attempts = fmt.Sprintf("%.2f", x.AttemptsPerAcquire)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", x.Impl, x.PerSecond, ratio, msf(x.HandoffP50), msf(x.P99), msf(x.Max), attempts)
-		if i == len(r.Contended)-1 || r.Contended[i+1].Workers != x.Workers {
+		overhead := "-"
+		if x.PerSecond > 0 && write > 0 {
+			cycle := time.Duration(float64(time.Second) / x.PerSecond)
+			overhead = fmt.Sprintf("%.2f writes", float64(cycle-r.Hold)/float64(write))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t\n", x.Impl, x.PerSecond, ratio, overhead, msf(x.HandoffP50), msf(x.P99), msf(x.MaxWait), x.MinShare, attempts)
+		if i == len(r.Contended)-1 || (group{r.Contended[i+1].Workers, r.Contended[i+1].Processes}) != g {
 			tw.Flush()
 		}
 	}

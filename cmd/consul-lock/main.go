@@ -88,6 +88,8 @@ func run(ctx context.Context, args []string, s stdio) int {
 		return runHelp(ctx, args, s)
 	case demoSectionCommand:
 		return exitCode(runDemoSection(ctx, args, s), "consul-lock", s.errOut)
+	case benchWorkerCommand:
+		return exitCode(runBenchWorker(ctx, args, s), "consul-lock", s.errOut)
 	}
 	c, ok := findCommand(name)
 	if !ok {

@@ -5,7 +5,9 @@
 package bench
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -20,6 +22,8 @@ import (
 // Impl is one way of taking and giving back a lock.
 type Impl struct {
 	Name string
+	// ID names the implementation on a command line (bench -processes).
+	ID string
 	// Shared makes all workers use the cycle of one New: goroutines of one
 	// process sharing one lock client, rather than one client per worker.
 	Shared bool
@@ -36,19 +40,29 @@ func Impls() []Impl {
 	return []Impl{RawFloor, LockerShared, Locker, LockerFair, Ephemeral, ConsulAPI}
 }
 
+// ImplByID returns the implementation whose ID is id.
+func ImplByID(id string) (Impl, bool) {
+	for _, impl := range Impls() {
+		if impl.ID == id {
+			return impl, true
+		}
+	}
+	return Impl{}, false
+}
+
 // LockerFair is a Locker per worker with fair queueing: waiters of all
 // processes served in arrival order, a release waking one of them.
-var LockerFair = Impl{Name: "consullock Locker, fair queue, one per worker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+var LockerFair = Impl{Name: "consullock Locker, fair queue, one per worker", ID: "locker-fair", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	return newLocker(c, o, consullock.WithFairQueueing())
 }}
 
 // LockerShared is one consullock Locker shared by all workers, as the
 // goroutines of one process use it.
-var LockerShared = Impl{Name: "consullock Locker, shared", Shared: true, New: Locker.New}
+var LockerShared = Impl{Name: "consullock Locker, shared", ID: "locker-shared", Shared: true, New: Locker.New}
 
 // RawFloor is two raw KV PUTs: the cost of one consensus write to take a
 // lock and one to give it back.
-var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", ID: "raw", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	return func(ctx context.Context, key string, inside func()) error {
 		w := (&api.WriteOptions{}).WithContext(ctx)
 		if _, err := c.KV().Put(&api.KVPair{Key: rawPrefix + key, Value: []byte("1")}, w); err != nil {
@@ -61,7 +75,7 @@ var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", New: func(c *api.Client, _ co
 }}
 
 // Locker is consullock's Locker, one per worker, as separate processes use it.
-var Locker = Impl{Name: "consullock Locker, one per worker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+var Locker = Impl{Name: "consullock Locker, one per worker", ID: "locker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	return newLocker(c, o)
 }}
 
@@ -81,7 +95,7 @@ func newLocker(c *api.Client, o consullock.Observer, opts ...consullock.Option) 
 }
 
 // Ephemeral is consullock's EphemeralLock: a session per lock.
-var Ephemeral = Impl{Name: "consullock EphemeralLock", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+var Ephemeral = Impl{Name: "consullock EphemeralLock", ID: "ephemeral", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	return func(ctx context.Context, key string, inside func()) error {
 		l, err := consullock.NewEphemeralLock(key, consullock.WithClient(c), consullock.WithAcquireTimeout(time.Minute), consullock.WithObserver(o))
 		if err != nil {
@@ -97,7 +111,7 @@ var Ephemeral = Impl{Name: "consullock EphemeralLock", New: func(c *api.Client, 
 
 // ConsulAPI is consul/api's Lock, used as its documentation shows: one Lock
 // per worker, Lock and Unlock for each cycle.
-var ConsulAPI = Impl{Name: "consul/api Lock", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+var ConsulAPI = Impl{Name: "consul/api Lock", ID: "consul-api", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
 	locks := map[string]*api.Lock{}
 	return func(ctx context.Context, key string, inside func()) error {
 			full := apiPrefix + key
@@ -155,6 +169,15 @@ type Result struct {
 	// (plus one hold): what fair queueing bounds.
 	Max        time.Duration `json:"max_ns"`
 	HandoffP50 time.Duration `json:"handoff_p50_ns,omitempty"`
+	// MaxWait is the longest wait for the lock: from an acquire call to
+	// the lock held.
+	MaxWait time.Duration `json:"max_wait_ns"`
+	// MinShare is the fewest cycles a worker completed, over the mean of
+	// all workers': 1 when every worker got its share, near 0 when one
+	// starved.
+	MinShare float64 `json:"min_share"`
+	// Processes is true when each worker was an OS process of its own.
+	Processes bool `json:"processes,omitempty"`
 	// AttemptsPerAcquire is the mean number of writes that tried to take the
 	// key per successful acquire, from consullock's Observer: 1 means no
 	// failed attempt, more is the cost of waiters racing (consullock only).
@@ -168,6 +191,7 @@ type Spec struct {
 	Workers  int
 	Cycles   int
 	Duration time.Duration
+	Hold     time.Duration // how long each holder holds the lock
 }
 
 // Run has workers take key, each in its own worker (a Locker, a consul/api
@@ -182,99 +206,164 @@ func Run(ctx context.Context, c *api.Client, impl Impl, key string, workers, cyc
 // RunSpec is Run for a Spec: a run by duration measures the steady rate, not
 // the stragglers of a fixed count.
 func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spec, progress func(done int)) (Result, error) {
-	workers, cycles := spec.Workers, spec.Cycles
-	if cycles == 0 {
-		cycles = 1 << 62
+	if spec.Cycles == 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
+		ctx, cancel = context.WithTimeout(ctx, spec.Duration)
 		defer cancel()
-		stop := time.AfterFunc(spec.Duration, cancel)
-		defer stop.Stop()
 	}
-	res := Result{Impl: impl.Name, Workers: workers}
 	count := &attemptCounter{}
-	var (
-		mu          sync.Mutex
-		latencies   = make([]time.Duration, 0, min(cycles, 1<<16))
-		handoffs    []time.Duration
-		left        atomic.Int64
-		lastRelease atomic.Int64 // unix nanos of the last release call
-		firstErr    error
-	)
-	left.Store(int64(cycles))
-	var wg sync.WaitGroup
-	start := time.Now()
-	var end atomic.Int64 // unix nanos when a timed run's clock stopped
+	var left atomic.Int64
+	left.Store(int64(spec.Cycles))
+	if spec.Cycles == 0 {
+		left.Store(1 << 62)
+	}
+	var done atomic.Int64
+	tick := func() {
+		if progress != nil {
+			progress(int(done.Add(1)))
+		}
+	}
 	var shared func(context.Context, string, func()) error
 	if impl.Shared {
-		cycle, done, err := impl.New(c, count)
+		cycle, free, err := impl.New(c, count)
 		if err != nil {
-			return res, err
+			return Result{}, err
 		}
-		defer done()
+		defer free()
 		shared = cycle
 	}
-	for range workers {
-		cycle, done := shared, func() {}
+	logs := make([][]Cycle, spec.Workers)
+	errs := make([]error, spec.Workers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range spec.Workers {
+		cycle, free := shared, func() {}
 		if shared == nil {
 			var err error
-			if cycle, done, err = impl.New(c, count); err != nil {
-				return res, err
+			if cycle, free, err = impl.New(c, count); err != nil {
+				return Result{}, err
 			}
 		}
 		wg.Go(func() {
-			defer done()
-			for left.Add(-1) >= 0 {
-				var acquired time.Time
-				t0 := time.Now()
-				err := cycle(ctx, key, func() {
-					acquired = time.Now()
-					if prev := lastRelease.Load(); workers > 1 && prev != 0 {
-						mu.Lock()
-						handoffs = append(handoffs, acquired.Sub(time.Unix(0, prev)))
-						mu.Unlock()
-					}
-					lastRelease.Store(time.Now().UnixNano())
-				})
-				if spec.Cycles == 0 && ctx.Err() != nil { // the clock ran out during this cycle
-					end.CompareAndSwap(0, time.Now().UnixNano())
-					return
-				}
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = fmt.Errorf("%s: %w", impl.Name, err)
-				}
-				latencies = append(latencies, time.Since(t0))
-				n := len(latencies)
-				mu.Unlock()
-				if err != nil {
-					left.Store(0)
-					return
-				}
-				if progress != nil {
-					progress(n)
-				}
-			}
+			defer free()
+			logs[w], errs[w] = runWorker(ctx, cycle, key, spec.Hold, &left, tick)
 		})
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return res, firstErr
+	if err := errors.Join(errs...); err != nil {
+		return Result{}, fmt.Errorf("%s: %w", impl.Name, err)
 	}
-	res.Seconds = time.Since(start).Seconds()
+	seconds := time.Since(start).Seconds()
 	if spec.Cycles == 0 {
-		res.Seconds = spec.Duration.Seconds()
+		seconds = spec.Duration.Seconds()
 	}
-	slices.Sort(latencies)
-	slices.Sort(handoffs)
-	res.Cycles, res.Latencies = len(latencies), latencies
-	res.PerSecond = float64(res.Cycles) / res.Seconds
-	res.P50, res.P99, res.Max = Percentile(latencies, 50), Percentile(latencies, 99), Percentile(latencies, 100)
-	res.HandoffP50 = Percentile(handoffs, 50)
-	if n := count.acquires.Load(); n > 0 {
-		res.AttemptsPerAcquire = float64(count.attempts.Load()) / float64(n)
+	return Merge(impl.Name, logs, count.acquires.Load(), count.attempts.Load(), seconds), nil
+}
+
+// Cycle is one lock cycle as a worker saw it, in Unix nanoseconds: the
+// acquire called, the lock held, the release called, the release returned.
+type Cycle struct {
+	Start    int64 `json:"s"`
+	Acquired int64 `json:"a"`
+	Released int64 `json:"r"`
+	End      int64 `json:"e"`
+}
+
+// runWorker runs cycles until ctx ends or left runs out, holding the lock
+// for hold each time. A cycle that ctx ended is not counted; another error
+// ends the run.
+func runWorker(ctx context.Context, cycle func(context.Context, string, func()) error, key string, hold time.Duration, left *atomic.Int64, tick func()) ([]Cycle, error) {
+	var logs []Cycle
+	for left.Add(-1) >= 0 {
+		var cy Cycle
+		cy.Start = time.Now().UnixNano()
+		err := cycle(ctx, key, func() {
+			cy.Acquired = time.Now().UnixNano()
+			if hold > 0 {
+				time.Sleep(hold) // the work done under the lock
+			}
+			cy.Released = time.Now().UnixNano()
+		})
+		if ctx.Err() != nil { // the clock ran out during this cycle
+			return logs, nil
+		}
+		if err != nil {
+			left.Store(0)
+			return logs, err
+		}
+		cy.End = time.Now().UnixNano()
+		logs = append(logs, cy)
+		tick()
 	}
-	return res, nil
+	return logs, nil
+}
+
+// Worker is what one worker process measured (bench -processes).
+type Worker struct {
+	Cycles   []Cycle `json:"cycles"`
+	Acquires int64   `json:"acquires"`
+	Attempts int64   `json:"attempts"`
+	Err      string  `json:"error,omitempty"`
+}
+
+// RunWorker is one worker process of a run by processes: it cycles on key
+// with its own lock client until ctx ends.
+func RunWorker(ctx context.Context, c *api.Client, impl Impl, key string, hold time.Duration) Worker {
+	count := &attemptCounter{}
+	cycle, free, err := impl.New(c, count)
+	if err != nil {
+		return Worker{Err: err.Error()}
+	}
+	defer free()
+	var left atomic.Int64
+	left.Store(1 << 62)
+	logs, err := runWorker(ctx, cycle, key, hold, &left, func() {})
+	w := Worker{Cycles: logs, Acquires: count.acquires.Load(), Attempts: count.attempts.Load()}
+	if err != nil {
+		w.Err = err.Error()
+	}
+	return w
+}
+
+// Merge makes the Result of a run from each worker's cycles: latencies,
+// handoffs (from a release call to the next holder's lock held, in the
+// order the lock was held), the worst wait and each worker's share.
+func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds float64) Result {
+	res := Result{Impl: impl, Workers: len(workers), Seconds: seconds}
+	var all []Cycle
+	fewest := -1
+	for _, w := range workers {
+		all = append(all, w...)
+		if fewest < 0 || len(w) < fewest {
+			fewest = len(w)
+		}
+	}
+	res.Cycles = len(all)
+	if res.Cycles == 0 {
+		return res
+	}
+	res.Latencies = make([]time.Duration, 0, len(all))
+	for _, cy := range all {
+		res.Latencies = append(res.Latencies, time.Duration(cy.End-cy.Start))
+		res.MaxWait = max(res.MaxWait, time.Duration(cy.Acquired-cy.Start))
+	}
+	slices.Sort(res.Latencies)
+	if len(workers) > 1 {
+		slices.SortFunc(all, func(a, b Cycle) int { return cmp.Compare(a.Acquired, b.Acquired) })
+		handoffs := make([]time.Duration, 0, len(all))
+		for i := 1; i < len(all); i++ {
+			handoffs = append(handoffs, time.Duration(all[i].Acquired-all[i-1].Released))
+		}
+		slices.Sort(handoffs)
+		res.HandoffP50 = Percentile(handoffs, 50)
+	}
+	res.PerSecond = float64(res.Cycles) / seconds
+	res.P50, res.P99, res.Max = Percentile(res.Latencies, 50), Percentile(res.Latencies, 99), Percentile(res.Latencies, 100)
+	res.MinShare = float64(fewest) / (float64(res.Cycles) / float64(len(workers)))
+	if acquires > 0 {
+		res.AttemptsPerAcquire = float64(attempts) / float64(acquires)
+	}
+	return res
 }
 
 // Percentile returns the p-th percentile of sorted durations, or 0.
