@@ -91,7 +91,7 @@ type notedState struct {
 	// releasedBy is the session that gave the key back: an answer that
 	// shows the key still held by it is older than the write.
 	releasedBy string
-	at     time.Time
+	at         time.Time
 }
 
 type watchGroup struct {
