@@ -5,8 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -84,6 +87,10 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 	// that a busy process reuses them instead of leaving sockets in
 	// TIME_WAIT.
 	cfg.Transport.MaxIdleConnsPerHost = 72
+	// An idle connection counts against the agent's limit of connections
+	// per client address as a busy one does: a waiting exec renews its
+	// session every few seconds and need not keep one open in between.
+	cfg.Transport.IdleConnTimeout = 3 * time.Second
 	client, err := api.NewClient(cfg)
 	if err != nil { // a bad address, or a token, CA or certificate file that cannot be read
 		return nil, nil, usageError{fmt.Errorf("bad Consul client settings: %w", err)}
@@ -110,7 +117,7 @@ func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Du
 		}
 		// A busy agent (429: too many connections from this host, or its
 		// rate limit) or one without a leader for now is asked again.
-		passing := strings.Contains(err.Error(), "429") || strings.Contains(err.Error(), "Unexpected response code: 5") || noLeader
+		passing := strings.Contains(err.Error(), "429") || strings.Contains(err.Error(), "Unexpected response code: 5") || noLeader || dropped(err)
 		if !passing || sleepCtx(pctx, pause+rand.N(pause)) != nil {
 			if strings.Contains(err.Error(), "429") {
 				err = fmt.Errorf("%w (the agent serves at most limits.http_max_conns_per_client connections per client address, 200 by default)", err)
@@ -119,6 +126,16 @@ func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Du
 		}
 		pause = min(2*pause, time.Second)
 	}
+}
+
+// dropped reports a connection that the agent accepted and then closed
+// without an answer: what an agent at its limit of connections per client
+// address does to a connection kept open from before (it writes a 429 that
+// the client never reads as the answer). A refused connection is not.
+func dropped(err error) bool {
+	var urlErr *url.Error
+	return errors.As(err, &urlErr) && !errors.Is(err, syscall.ECONNREFUSED) &&
+		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "readLoopPeekFailLocked"))
 }
 
 // sleepCtx sleeps d, or returns ctx's error when it ends first.

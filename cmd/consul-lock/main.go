@@ -23,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"os"
 	"os/signal"
 	"strings"
@@ -67,6 +68,9 @@ var commands = []command{
 const helpCommand = "help"
 
 func main() {
+	// net/http logs a 429 that an agent at its connection limit writes on a
+	// connection kept open; the request's own error says what matters.
+	log.SetOutput(io.Discard)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], stdio{os.Stdin, os.Stdout, os.Stderr}))

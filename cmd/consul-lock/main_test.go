@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -73,7 +74,7 @@ func lockKey(t *testing.T) string {
 func assertGone(t *testing.T, c *api.Client, key string) {
 	t.Helper()
 	full := "locks/ephemeral/" + key
-	consultest.Eventually(t, 5*1e9, "no key and no session left for "+full, func() bool {
+	consultest.Eventually(t, 5*time.Second, "no key and no session left for "+full, func() bool {
 		pair, _, err := c.KV().Get(full, nil)
 		if err != nil || pair != nil {
 			return false
