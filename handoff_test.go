@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -228,4 +229,44 @@ func TestEphemeralLockWaitersAreHandedTheKey(t *testing.T) {
 	if a := counts.perAcquire(); a > 2 {
 		t.Fatalf("%.0f writes to acquire, want at most 2 (a take, an enqueue)", a)
 	}
+}
+
+// More waiters of different processes than watch the line with queries of
+// their own (96) all get the lock in turn: those farther back hold no
+// blocking query, so that a host's waiters stay within the agent's limit
+// of connections per client address.
+func TestFarBackWaitersHoldNoQuery(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	_, proxy := proxiedClient(t, agent.HTTPAddr())
+	const waiters = 120
+	holder := newLocker(t, clientAt(t, proxy.Addr()))
+	ctx := context.Background()
+	held, err := holder.Acquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d overlapDetector
+	var wg sync.WaitGroup
+	for range waiters {
+		lk := newLocker(t, clientAt(t, proxy.Addr()), consullock.WithAcquireTimeout(time.Minute))
+		wg.Go(func() {
+			if err := lk.Hold(ctx, "k", func(context.Context) error { d.section(2 * time.Millisecond); return nil }); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	queued(t, consultest.ClientOf(t, agent), "locks/ephemeral/k", waiters)
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	_, most := proxy.BlockingInFlight()
+	if d.overlaps.Load() != 0 || d.entries.Load() != waiters {
+		t.Fatalf("%d entries, %d overlaps; want %d and 0", d.entries.Load(), d.overlaps.Load(), waiters)
+	}
+	if most >= waiters {
+		t.Fatalf("%d blocking queries at once for %d waiters: the waiters far back must hold none", most, waiters)
+	}
+	t.Logf("%d waiters of as many processes: at most %d blocking queries at once", waiters, most)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -89,8 +90,9 @@ type place struct {
 	st      keyState    // the key and the queue as last seen
 	holder  *api.KVPair // the key as last seen held by another, for messages
 	blocked bool        // a take found the key held: wait in line
+	crowded bool        // this process saw others want the key a moment ago
 	known   uint64      // the index at which q.st was seen
-	pred    contender   // the contender just ahead, as last listed
+	ahead   []contender // the contenders ahead, in order, as last listed
 	sub     *subscription
 	news    *news
 }
@@ -101,12 +103,13 @@ func queueFor(a *attempt) {
 	q := &place{a: a, key: a.keys[0]}
 	a.q = q
 	a.also = func(s *session) api.KVTxnOps {
-		// The take reads the queue, for the release to hand the key on.
-		read := &api.KVTxnOp{Verb: api.KVGetTree, Key: q.key}
-		if q.me == "" || q.by != s {
-			return api.KVTxnOps{read}
+		switch {
+		case q.me != "" && q.by == s: // the take leaves the line, and reads who waits behind
+			return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}, {Verb: api.KVGetTree, Key: q.key}}
+		case q.crowded: // the take reads the line, for the release to hand the key on
+			return api.KVTxnOps{{Verb: api.KVGetTree, Key: q.key}}
 		}
-		return api.KVTxnOps{{Verb: api.KVDelete, Key: q.me}, read} // the take leaves the queue
+		return nil // no sign of others: the take costs what a take costs
 	}
 }
 
@@ -137,6 +140,7 @@ func (q *place) inLine() bool {
 		return false
 	}
 	st, waiting, ok := h.holderOf(q.key)
+	q.crowded = ok && (waiting || !st.free())
 	switch {
 	case !ok:
 		return false
@@ -187,15 +191,65 @@ func (q *place) wait(ctx context.Context) (*session, uint64, error) {
 // at the head of the line; behind, only the contender just ahead, so that a
 // change of the key wakes the head alone, not every waiter.
 func (q *place) next(ctx context.Context) error {
-	if q.st.head == q.me || q.pred.key == "" {
+	if q.st.head == q.me || len(q.ahead) == 0 {
 		return q.nextAtHead(ctx)
 	}
 	q.unwatch()
-	if err := q.await(ctx, watchKey(q.a.conn, q.pred.key, keyState{exists: true, session: q.pred.session, index: q.pred.index}, true, q.tell())); err != nil {
+	if len(q.ahead) > watchedPlaces {
+		// Far back: hold no query (see watchedPlaces), and read from time
+		// to time whether the contender watchedPlaces ahead is still there.
+		if err := q.farBehind(ctx, q.ahead[len(q.ahead)-watchedPlaces]); err != nil {
+			return err
+		}
+		return q.refresh(ctx)
+	}
+	pred := q.ahead[len(q.ahead)-1]
+	if err := q.await(ctx, watchKey(q.a.conn, pred.key, keyState{exists: true, session: pred.session, index: pred.index}, true, q.tell())); err != nil {
 		return err
 	}
 	q.unwatch()
 	return q.refresh(ctx)
+}
+
+// watchedPlaces is how many waiters behind the head watch the contender
+// ahead of them with a query of their own. The agent serves at most 200
+// connections per client address (limits.http_max_conns_per_client), and
+// a host may run more waiters than that in processes of their own: those
+// farther back hold none, and read now and then whether the contender
+// watchedPlaces ahead of them is gone, which brings them near.
+const (
+	watchedPlaces = 96
+	farPoll       = time.Second
+)
+
+// farBehind waits until contender c, far ahead in the line, is gone or has
+// changed, reading it every farPoll or so, until ctx ends or the deadline.
+func (q *place) farBehind(ctx context.Context, c contender) error {
+	for {
+		if !time.Now().Before(q.a.deadline) {
+			return notAcquiredError(q.holder, q.a.timeout)
+		}
+		pause := farPoll/2 + rand.N(farPoll)
+		if err := sleep(ctx, min(pause, time.Until(q.a.deadline))); err != nil {
+			return err
+		}
+		var pair *api.KVPair
+		conn := q.a.conn
+		err := retry(ctx, q.a.deadline, func() error {
+			return conn.call(ctx, func() (err error) {
+				pair, _, err = conn.c.KV().Get(c.key, conn.query(ctx, api.QueryOptions{}))
+				return err
+			})
+		})
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return context.Cause(ctx)
+		case err != nil:
+			return consulError(err)
+		case pair == nil || pair.Session != c.session || pair.ModifyIndex != c.index:
+			return nil
+		}
+	}
 }
 
 // enqueue puts a contender key in the queue with a live session, in one
@@ -251,12 +305,12 @@ func (q *place) saw(st keyState, pairs api.KVPairs) {
 		}
 	}
 	if pairs != nil {
-		q.pred = contender{}
+		q.ahead = q.ahead[:0]
 		for _, c := range contendersIn(pairs)[q.key] {
 			if c.key == q.me {
 				break
 			}
-			q.pred = c
+			q.ahead = append(q.ahead, c)
 		}
 	}
 	q.st = st

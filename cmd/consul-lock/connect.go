@@ -88,9 +88,10 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 	// TIME_WAIT.
 	cfg.Transport.MaxIdleConnsPerHost = 72
 	// An idle connection counts against the agent's limit of connections
-	// per client address as a busy one does: a waiting exec renews its
-	// session every few seconds and need not keep one open in between.
-	cfg.Transport.IdleConnTimeout = 3 * time.Second
+	// per client address as a busy one does: a waiting exec far back in
+	// line reads about once a second, and renews its session every few
+	// seconds, and need not keep a connection open in between.
+	cfg.Transport.IdleConnTimeout = 500 * time.Millisecond
 	client, err := api.NewClient(cfg)
 	if err != nil { // a bad address, or a token, CA or certificate file that cannot be read
 		return nil, nil, usageError{fmt.Errorf("bad Consul client settings: %w", err)}
