@@ -254,7 +254,10 @@ func TestConcurrentReleaseReturnsTheFirstOutcome(t *testing.T) {
 		err := tc.release(cancelled)
 		second := time.Now()
 		first := <-firstDone
-		if err != nil || second.Before(first) {
+		// The first's goroutine notes its end a moment after the outcome
+		// is known, which is when the second may return: allow for that
+		// moment, not for the 1.5 s the first spends retrying.
+		if err != nil || second.Before(first.Add(-100*time.Millisecond)) {
 			t.Fatalf("%s: second Release returned %v before the first had finished (%v)", tc.name, err, first.Sub(second))
 		}
 	}
