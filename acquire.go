@@ -96,6 +96,20 @@ func (a *attempt) contend(ctx context.Context) (*session, []uint64, error) {
 // tryTake takes the keys once, with a live session, replacing a session
 // that Consul no longer knows.
 func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
+	return a.write(ctx, func(s *session) takeSpec {
+		spec := takeSpec{keys: a.keys, flags: a.flags, session: s.id}
+		if a.also != nil {
+			spec.also = a.also(s)
+		}
+		return spec
+	}, func(s *session) { a.undo(s, a.keys) })
+}
+
+// write is one write of the acquire that takes keys (its own, or a contender
+// key) with a live session and the lock's value, replacing a session that
+// Consul no longer knows. A write that failed but may have applied is
+// undone by pending, once its fate is known.
+func (a *attempt) write(ctx context.Context, spec func(s *session) takeSpec, undo func(s *session)) (*session, takeResult, error) {
 	value := a.value()
 	if err := checkValueSize(len(a.keys), len(value)); err != nil {
 		return nil, takeResult{}, err
@@ -108,11 +122,9 @@ func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
 		a.last = s
 		a.attempts++
 		a.sent = time.Now()
-		spec := takeSpec{keys: a.keys, value: value, flags: a.flags, session: s.id}
-		if a.also != nil {
-			spec.also = a.also(s)
-		}
-		res, d, err := take(ctx, a.conn, spec, a.deadline)
+		t := spec(s)
+		t.value = value
+		res, d, err := take(ctx, a.conn, t, a.deadline)
 		switch {
 		case errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline):
 			s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
@@ -121,7 +133,7 @@ func (a *attempt) tryTake(ctx context.Context) (*session, takeResult, error) {
 			if !d.none() {
 				a.pendingToo(func() {
 					if d.applied() {
-						a.undo(s, a.keys)
+						undo(s)
 					}
 				})
 			}

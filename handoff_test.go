@@ -57,6 +57,7 @@ func TestReleaseHandsTheKeyOverInOneWrite(t *testing.T) {
 			got <- l
 		}()
 		queued(t, direct, "locks/ephemeral/k", 1)
+		consultest.Eventually(t, 5*time.Second, "the holder sees the waiter in line", func() bool { return consullock.KnowsWaiter(held) })
 		before := raftIndex(t, direct)
 		if err := held.Release(ctx); err != nil {
 			t.Fatal(err)
@@ -211,6 +212,7 @@ func TestEphemeralLockWaitersAreHandedTheKey(t *testing.T) {
 	got := make(chan error, 1)
 	go func() { got <- waiter.Acquire(ctx) }()
 	queued(t, direct, holder.Key(), 1)
+	consultest.Eventually(t, 5*time.Second, "the holder sees the waiter in line", func() bool { return consullock.LockKnowsWaiter(holder) })
 	if err := holder.Release(ctx); err != nil {
 		t.Fatal(err)
 	}

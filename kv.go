@@ -145,3 +145,18 @@ func giveBackKey(ctx context.Context, c conn, key, session string, token uint64)
 	}
 	return deleteIfHeld(ctx, c, key, session)
 }
+
+// readKey reads key at once, retrying passing failures for cleanupTimeout.
+func readKey(ctx context.Context, c conn, key string) (*api.KVPair, error) {
+	var pair *api.KVPair
+	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+		return c.call(ctx, func() (err error) {
+			pair, _, err = c.c.KV().Get(key, c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+			return err
+		})
+	})
+	if err != nil {
+		return nil, consulError(err)
+	}
+	return pair, nil
+}

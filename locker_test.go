@@ -315,7 +315,8 @@ func TestConsensusWritesPerCycle(t *testing.T) {
 	})
 	// Two processes (Lockers on clients of their own) taking turns: each
 	// cycle is the waiter's enqueue and the holder's handoff. The holds
-	// last long enough for the holder to see the waiter's enqueue.
+	// (20 ms) last long enough for the holder to see the waiter's enqueue,
+	// even on a busy machine.
 	other := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute))
 	mine := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute))
 	before := raftIndex(t, c)
@@ -323,7 +324,7 @@ func TestConsensusWritesPerCycle(t *testing.T) {
 	for _, x := range []*consullock.Locker{mine, other} {
 		wg.Go(func() {
 			for range cycles / 2 {
-				if err := x.Hold(ctx, "k", func(context.Context) error { time.Sleep(5 * time.Millisecond); return nil }); err != nil {
+				if err := x.Hold(ctx, "k", func(context.Context) error { time.Sleep(20 * time.Millisecond); return nil }); err != nil {
 					t.Error(err)
 				}
 			}

@@ -3,7 +3,6 @@ package consullock
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -255,39 +254,22 @@ func (q *place) farBehind(ctx context.Context, c contender) error {
 // enqueue puts a contender key in the queue with a live session, in one
 // write that also reads the key and its queue as of that write.
 func (q *place) enqueue(ctx context.Context) error {
-	a := q.a
 	q.unwatch()
-	for {
-		s, err := a.session(ctx)
-		if err != nil {
-			return err
-		}
-		a.last = s
-		me := queuePrefix(q.key) + s.id + "-" + nonce()
-		spec := takeSpec{keys: []string{me}, value: a.value(), flags: a.flags, session: s.id,
+	var me string
+	s, res, err := q.a.write(ctx, func(s *session) takeSpec {
+		me = queuePrefix(q.key) + s.id + "-" + nonce()
+		return takeSpec{keys: []string{me}, flags: q.a.flags, session: s.id,
 			also: api.KVTxnOps{{Verb: api.KVGetTree, Key: q.key}}}
-		a.attempts++
-		res, d, err := take(ctx, a.conn, spec, a.deadline)
-		switch {
-		case errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline):
-			s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
-			continue
-		case err != nil:
-			if !d.none() {
-				a.pendingToo(func() {
-					if d.applied() {
-						q.leaveWith(me, s)
-					}
-				})
-			}
-			return fmt.Errorf("enqueue: %w", err)
-		case !res.taken():
-			return fmt.Errorf("%w: enqueue: a new contender key was refused", ErrConsul)
-		}
-		q.me, q.by, q.at, q.known, q.blocked = me, s, res.tokens[0], res.tokens[0], false
-		q.saw(stateIn(res.also, &subscription{key: q.key, contender: me}), res.also)
-		return nil
+	}, func(s *session) { q.leaveWith(me, s) })
+	switch {
+	case err != nil:
+		return fmt.Errorf("enqueue: %w", err)
+	case !res.taken():
+		return fmt.Errorf("%w: enqueue: a new contender key was refused", ErrConsul)
 	}
+	q.me, q.by, q.at, q.known, q.blocked = me, s, res.tokens[0], res.tokens[0], false
+	q.saw(stateIn(res.also, &subscription{key: q.key, contender: me}), res.also)
+	return nil
 }
 
 // saw records a state of the key and its queue, and tells the Observer of a
@@ -459,101 +441,4 @@ func deleteContender(ctx context.Context, c conn, me, session string) (bool, err
 		return false, fmt.Errorf("leave the queue: %w", consulError(err))
 	}
 	return deleted, nil
-}
-
-// giveOn gives back key, which session holds at token: to the first
-// contender in line, if this process knows of one, else by deleting it.
-// queue is the line as the take saw it, if known.
-func giveOn(ctx context.Context, c conn, key, session string, token uint64, queue []contender) error {
-	if handed, err := handOver(ctx, c, key, session, token, queue); err != nil || handed {
-		return err
-	}
-	err := giveBackKey(ctx, c, key, session, token)
-	if err == nil {
-		noteReleased(c, key, session)
-	}
-	return err
-}
-
-// handOver hands key, which session holds at token, to the first contender
-// in line that this process knows of (from the newest of a watch's answers
-// and queue, the line as the take saw it), in one transaction. It reports
-// false when it knows of none, or the one it knew of has left: the caller
-// gives the key back instead.
-func handOver(ctx context.Context, c conn, key, session string, token uint64, queue []contender) (bool, error) {
-	next, ok := contender{}, false
-	if h := hubOf(c); h != nil {
-		next, ok = h.successor(key, session, token, queue)
-	} else {
-		next, ok = firstOther(queue, session)
-	}
-	if !ok {
-		return false, nil
-	}
-	ops := api.KVTxnOps{
-		{Verb: api.KVCheckIndex, Key: key, Index: token},
-		{Verb: api.KVCheckSession, Key: next.key, Session: next.session},
-		{Verb: api.KVUnlock, Key: key, Session: session},
-		{Verb: api.KVLock, Key: key, Value: next.value, Flags: next.flags, Session: next.session},
-		{Verb: api.KVDelete, Key: next.key},
-	}
-	var handed bool
-	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
-		ok, resp, err := kvTxn(ctx, c, ops)
-		switch {
-		case err != nil:
-			return err
-		case ok:
-			handed = true
-			note(c, key, keyState{exists: true, session: next.session, index: lastIndexOf(resp, key)})
-			return nil
-		case len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0:
-			// The key is not as the holder left it: if a try whose answer
-			// was lost handed it over, it is the contender's now.
-			pair, err := readKey(ctx, c, key)
-			handed = err == nil && pair != nil && pair.Session == next.session
-			return err
-		}
-		return nil // the contender left
-	})
-	if err != nil {
-		return false, fmt.Errorf("hand over: %w", consulError(err))
-	}
-	return handed, nil
-}
-
-// firstOther is the first contender in queue not of session exclude.
-func firstOther(queue []contender, exclude string) (contender, bool) {
-	for _, c := range queue {
-		if c.session != exclude {
-			return c, true
-		}
-	}
-	return contender{}, false
-}
-
-// lastIndexOf is the ModifyIndex of key's last result in resp.
-func lastIndexOf(resp *api.KVTxnResponse, key string) uint64 {
-	var index uint64
-	for _, r := range resp.Results {
-		if r != nil && r.Key == key {
-			index = r.ModifyIndex
-		}
-	}
-	return index
-}
-
-// readKey reads key at once, retrying passing failures for cleanupTimeout.
-func readKey(ctx context.Context, c conn, key string) (*api.KVPair, error) {
-	var pair *api.KVPair
-	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
-		return c.call(ctx, func() (err error) {
-			pair, _, err = c.c.KV().Get(key, c.query(ctx, api.QueryOptions{RequireConsistent: true}))
-			return err
-		})
-	})
-	if err != nil {
-		return nil, consulError(err)
-	}
-	return pair, nil
 }
