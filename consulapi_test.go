@@ -216,7 +216,7 @@ func TestConsulLockCommandInterop(t *testing.T) {
 	}
 	// consul lock exits before its background destroy of the session it
 	// made in vain is sent; destroy it for it.
-	destroySessions(t, c, "Consul lock for 'true' at '"+name+"'")
+	consultest.DestroySessionsNamed(t, c, "Consul lock for 'true' at '"+name+"'")
 	if err := ours.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -245,19 +245,5 @@ func TestConsulLockCommandInterop(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("consul lock: %v\n%s", err, cmdOut.String())
-	}
-}
-
-// destroySessions destroys the sessions called name.
-func destroySessions(t *testing.T, c *api.Client, name string) {
-	t.Helper()
-	all, _, err := c.Session().List(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range all {
-		if s.Name == name {
-			c.Session().Destroy(s.ID, nil)
-		}
 	}
 }

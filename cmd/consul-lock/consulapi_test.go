@@ -45,7 +45,7 @@ func TestExecConsulAPIWithConsulLock(t *testing.T) {
 	if err == nil || strings.Contains(string(out), "does not match") {
 		t.Fatalf("consul lock -try while exec holds: %v\n%s\nwant it to time out, not to conflict", err, out)
 	}
-	destroyNamed(t, c, "Consul lock for 'true' at '"+name+"'") // its process exits before it destroys it
+	consultest.DestroySessionsNamed(t, c, "Consul lock for 'true' at '"+name+"'") // its process exits before it destroys it
 
 	os.WriteFile(stop, nil, 0o644)
 	if code := proc.wait(t, 10*time.Second); code != 0 {
@@ -58,18 +58,4 @@ func TestExecConsulAPIWithConsulLock(t *testing.T) {
 		pairs, _, err := c.KV().List(name, nil)
 		return err == nil && len(pairs) == 0
 	})
-}
-
-// destroyNamed destroys the sessions called name.
-func destroyNamed(t *testing.T, c *api.Client, name string) {
-	t.Helper()
-	all, _, err := c.Session().List(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range all {
-		if s.Name == name {
-			c.Session().Destroy(s.ID, nil)
-		}
-	}
 }

@@ -253,3 +253,18 @@ func Eventually(tb testing.TB, d time.Duration, msg string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// DestroySessionsNamed destroys the sessions called name: what a process
+// that exits before its clean-up (`consul lock -try`, say) leaves behind.
+func DestroySessionsNamed(tb testing.TB, c *api.Client, name string) {
+	tb.Helper()
+	all, _, err := c.Session().List(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, s := range all {
+		if s.Name == name {
+			c.Session().Destroy(s.ID, nil)
+		}
+	}
+}
