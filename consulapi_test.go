@@ -216,7 +216,7 @@ func TestConsulLockCommandInterop(t *testing.T) {
 	}
 	// consul lock exits before its background destroy of the session it
 	// made in vain is sent; destroy it for it.
-	consultest.DestroySessionsNamed(t, c, "Consul lock for 'true' at '"+name+"'")
+	consultest.DestroyConsulLockSessions(t, c, name)
 	if err := ours.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -246,4 +246,5 @@ func TestConsulLockCommandInterop(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("consul lock: %v\n%s", err, cmdOut.String())
 	}
+	consultest.DestroyConsulLockSessions(t, c, name)
 }

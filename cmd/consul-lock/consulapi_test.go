@@ -45,7 +45,7 @@ func TestExecConsulAPIWithConsulLock(t *testing.T) {
 	if err == nil || strings.Contains(string(out), "does not match") {
 		t.Fatalf("consul lock -try while exec holds: %v\n%s\nwant it to time out, not to conflict", err, out)
 	}
-	consultest.DestroySessionsNamed(t, c, "Consul lock for 'true' at '"+name+"'") // its process exits before it destroys it
+	consultest.DestroyConsulLockSessions(t, c, name) // its process exits before it destroys it
 
 	os.WriteFile(stop, nil, 0o644)
 	if code := proc.wait(t, 10*time.Second); code != 0 {
@@ -54,6 +54,7 @@ func TestExecConsulAPIWithConsulLock(t *testing.T) {
 	if out, err := consulLock("-try=5s", name, "true"); err != nil {
 		t.Fatalf("consul lock after exec released: %v\n%s", err, out)
 	}
+	consultest.DestroyConsulLockSessions(t, c, name)
 	consultest.Eventually(t, 5*time.Second, "no key left under "+name, func() bool {
 		pairs, _, err := c.KV().List(name, nil)
 		return err == nil && len(pairs) == 0

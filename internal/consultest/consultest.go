@@ -254,16 +254,16 @@ func Eventually(tb testing.TB, d time.Duration, msg string, cond func() bool) {
 	}
 }
 
-// DestroySessionsNamed destroys the sessions called name: what a process
-// that exits before its clean-up (`consul lock -try`, say) leaves behind.
-func DestroySessionsNamed(tb testing.TB, c *api.Client, name string) {
+// DestroyConsulLockSessions destroys the sessions that `consul lock PREFIX`
+// made for prefix: it exits before its own clean-up of them is done.
+func DestroyConsulLockSessions(tb testing.TB, c *api.Client, prefix string) {
 	tb.Helper()
 	all, _, err := c.Session().List(nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	for _, s := range all {
-		if s.Name == name {
+		if strings.HasPrefix(s.Name, "Consul lock for ") && strings.HasSuffix(s.Name, " at '"+prefix+"'") {
 			c.Session().Destroy(s.ID, nil)
 		}
 	}
