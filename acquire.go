@@ -172,8 +172,10 @@ func (a *attempt) settled() {
 // ownSession returns the ID of the session the next take would use, or "".
 func (a *attempt) ownSession() string {
 	s := a.last
-	if a.current != nil && a.current() != nil {
-		s = a.current()
+	if a.current != nil {
+		if cur := a.current(); cur != nil {
+			s = cur
+		}
 	}
 	if s == nil {
 		return ""
