@@ -29,10 +29,13 @@ type Options struct {
 	Name string // node name
 
 	// Dev runs an in-memory single-server dev agent. Otherwise the agent is a
-	// server with its data in Dir that waits for BootstrapExpect servers.
+	// server with its data in Dir that waits for BootstrapExpect servers, or
+	// with Client a client agent, which serves the HTTP API and forwards to
+	// the servers over RPC, as each host runs in production.
 	Dev             bool
+	Client          bool
 	BootstrapExpect int
-	Join            []string // serf LAN addresses of the other servers
+	Join            []string // serf LAN addresses of the servers
 
 	// Extra is merged into the agent's JSON configuration.
 	Extra map[string]any
@@ -136,7 +139,7 @@ func (a *Agent) config() map[string]any {
 		"bind_addr":            "127.0.0.1",
 		"client_addr":          "127.0.0.1",
 		"advertise_addr":       "127.0.0.1",
-		"server":               true,
+		"server":               !a.opts.Client,
 		"log_level":            "warn",
 		"disable_update_check": true,
 		"ui_config":            map[string]any{"enabled": false},
@@ -161,9 +164,11 @@ func (a *Agent) config() map[string]any {
 	}
 	if !a.opts.Dev {
 		cfg["data_dir"] = filepath.Join(a.opts.Dir, "data")
-		cfg["bootstrap_expect"] = a.opts.BootstrapExpect
 		cfg["retry_join"] = a.opts.Join
 		cfg["retry_interval"] = "200ms"
+	}
+	if !a.opts.Dev && !a.opts.Client {
+		cfg["bootstrap_expect"] = a.opts.BootstrapExpect
 	}
 	for k, v := range a.opts.Extra {
 		cfg[k] = v
@@ -223,7 +228,7 @@ func (a *Agent) WaitReady(ctx context.Context) error {
 		a.mu.Unlock()
 		select {
 		case <-exited:
-			return fmt.Errorf("consul agent %s exited before it was ready:\n%s", a.opts.Name, a.logTail())
+			return &exitError{name: a.opts.Name, log: a.logTail()}
 		case <-ctx.Done():
 			return fmt.Errorf("consul agent %s not ready after %v: %w; log:\n%s", a.opts.Name, readyTimeout, ctx.Err(), a.logTail())
 		case <-tick.C:
@@ -234,9 +239,21 @@ func (a *Agent) WaitReady(ctx context.Context) error {
 	}
 }
 
+// isReady is one readiness check of WaitReady.
+func (a *Agent) isReady(ctx context.Context) bool {
+	c, closeIdle, err := a.Client()
+	if err != nil {
+		return false
+	}
+	defer closeIdle()
+	return ready(ctx, c, a.opts.Name)
+}
+
 func ready(ctx context.Context, c *api.Client, node string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	leader, err := c.Status().Leader()
+	leader, err := c.Status().LeaderWithQueryOptions(q)
 	if err != nil || leader == "" {
 		return false
 	}
@@ -250,6 +267,39 @@ func ready(ctx context.Context, c *api.Client, node string) bool {
 		}
 	}
 	return false
+}
+
+// exitedEarly returns an *exitError if the agent's process has exited since
+// it was started, and nil while it runs.
+func (a *Agent) exitedEarly() error {
+	a.mu.Lock()
+	exited := a.exited
+	a.mu.Unlock()
+	select {
+	case <-exited:
+		return &exitError{name: a.opts.Name, log: a.logTail()}
+	default:
+		return nil
+	}
+}
+
+// Leave asks the agent to leave the cluster gracefully (`consul leave`), as
+// an operator draining a host does; Consul then invalidates the sessions of
+// its node. It waits until the process has exited.
+func (a *Agent) Leave(ctx context.Context) error {
+	out, err := exec.CommandContext(ctx, a.opts.Bin, "leave", "-http-addr="+a.HTTPAddr()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("consul leave %s: %w: %s", a.opts.Name, err, out)
+	}
+	a.mu.Lock()
+	exited := a.exited
+	a.mu.Unlock()
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("consul agent %s did not exit after leaving: %w", a.opts.Name, ctx.Err())
+	}
 }
 
 // Stop ends the agent with SIGTERM, and SIGKILL if it lingers, and waits
@@ -334,6 +384,14 @@ func (a *Agent) signalAndWait(sig syscall.Signal, grace time.Duration) error {
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-exited
 	return nil
+}
+
+// exitError says that an agent exited before it was ready, most often
+// because another process took one of its ports first.
+type exitError struct{ name, log string }
+
+func (e *exitError) Error() string {
+	return "consul agent " + e.name + " exited before it was ready:\n" + e.log
 }
 
 func (a *Agent) logTail() string {

@@ -76,3 +76,39 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 		}
 	}
 }
+
+// Client agents join the servers and forward to them: a session made
+// through a client agent belongs to its node, a write through one is read
+// through the other, and a killed client agent rejoins when restarted.
+func TestClientAgentsJoinAndForward(t *testing.T) {
+	t.Parallel()
+	cl := consultest.Topology(t, consulagent.Topology{Servers: 1, Clients: 2})
+	c1, c2 := consultest.ClientOf(t, cl.Clients[0]), consultest.ClientOf(t, cl.Clients[1])
+	id, _, err := c1.Session().Create(&api.SessionEntry{TTL: "10s", LockDelay: time.Millisecond}, nil)
+	if err != nil {
+		t.Fatalf("create a session through c1: %v", err)
+	}
+	s, _, err := c2.Session().Info(id, nil)
+	if err != nil || s == nil || s.Node != "c1" {
+		t.Fatalf("session through c1 read through c2: %+v, %v; want node c1", s, err)
+	}
+	if _, err := c1.KV().Put(&api.KVPair{Key: "k", Value: []byte("v")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	kv, _, err := c2.KV().Get("k", nil)
+	if err != nil || kv == nil || string(kv.Value) != "v" {
+		t.Fatalf("write through c1 read through c2: %+v, %v", kv, err)
+	}
+	if err := cl.Clients[0].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Clients[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Clients[0].WaitReady(context.Background()); err != nil {
+		t.Fatalf("restarted client agent not ready: %v", err)
+	}
+	if _, _, err := c1.KV().Get("k", nil); err != nil {
+		t.Fatalf("restarted client agent does not answer: %v", err)
+	}
+}

@@ -8,34 +8,67 @@ import (
 	"time"
 )
 
-// Cluster is a set of Consul servers on loopback that elected a leader.
-type Cluster struct {
-	Servers []*Agent
+// Topology is the shape of a cluster: servers, and client agents joined to
+// them, as production runs one on each application host.
+type Topology struct {
+	Servers, Clients int
 }
 
-// StartCluster starts n servers in dir that join each other, and waits until
-// each of them knows the leader and passes its serfHealth check.
+// Cluster is a set of Consul servers on loopback that elected a leader, and
+// the client agents that joined them.
+type Cluster struct {
+	Servers []*Agent
+	Clients []*Agent // named c1, c2, ...
+}
+
+// StartCluster starts n servers in dir that join each other: see
+// StartTopology.
 func StartCluster(ctx context.Context, bin, dir string, n int) (*Cluster, error) {
-	c := &Cluster{}
-	ports := make([]Ports, n)
-	for i := range ports {
-		p, err := freePorts()
-		if err != nil {
-			return nil, err
-		}
-		ports[i] = p
+	return StartTopology(ctx, bin, dir, Topology{Servers: n})
+}
+
+// StartTopology starts t's servers and client agents in dir, and waits until
+// each of them knows the leader and passes its serfHealth check. An agent
+// that exits before it is ready (another process took a port it was given)
+// makes it start the whole cluster again on new ports, up to three times.
+func StartTopology(ctx context.Context, bin, dir string, t Topology) (*Cluster, error) {
+	if t.Servers < 1 || t.Clients < 0 {
+		return nil, fmt.Errorf("consulagent: a cluster needs at least one server and no negative number of clients, not %+v", t)
 	}
-	for i := range n {
-		var join []string
-		for j, p := range ports {
-			if j != i {
-				join = append(join, fmt.Sprintf("127.0.0.1:%d", p.SerfLAN))
-			}
+	var err error
+	for try := range 3 {
+		var c *Cluster
+		c, err = startOnce(ctx, bin, filepath.Join(dir, fmt.Sprintf("try%d", try+1)), t)
+		if err == nil {
+			return c, nil
 		}
-		a := &Agent{Ports: ports[i], opts: Options{
-			Bin: bin, Dir: filepath.Join(dir, fmt.Sprintf("s%d", i+1)), Name: fmt.Sprintf("s%d", i+1),
-			BootstrapExpect: n, Join: join,
-		}}
+		var exited *exitError
+		if !errors.As(err, &exited) || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, err
+}
+
+func startOnce(ctx context.Context, bin, dir string, t Topology) (*Cluster, error) {
+	ports, err := distinctFreePorts(t.Servers + t.Clients)
+	if err != nil {
+		return nil, err
+	}
+	var join []string
+	for _, p := range ports[:t.Servers] {
+		join = append(join, fmt.Sprintf("127.0.0.1:%d", p.SerfLAN))
+	}
+	c := &Cluster{}
+	for i, p := range ports {
+		opts := Options{Bin: bin, BootstrapExpect: t.Servers, Join: join}
+		if i < t.Servers {
+			opts.Name = fmt.Sprintf("s%d", i+1)
+		} else {
+			opts.Name, opts.Client = fmt.Sprintf("c%d", i-t.Servers+1), true
+		}
+		opts.Dir = filepath.Join(dir, opts.Name)
+		a := &Agent{Ports: p, opts: opts}
 		if err := a.ensureDir(); err != nil {
 			c.Stop()
 			return nil, err
@@ -44,15 +77,72 @@ func StartCluster(ctx context.Context, bin, dir string, n int) (*Cluster, error)
 			c.Stop()
 			return nil, err
 		}
-		c.Servers = append(c.Servers, a)
-	}
-	for _, a := range c.Servers {
-		if err := a.WaitReady(ctx); err != nil {
-			c.Stop()
-			return nil, err
+		if opts.Client {
+			c.Clients = append(c.Clients, a)
+		} else {
+			c.Servers = append(c.Servers, a)
 		}
 	}
+	if err := c.waitAllReady(ctx); err != nil {
+		c.Stop()
+		return nil, err
+	}
 	return c, nil
+}
+
+// distinctFreePorts returns n sets of free ports with no port in two sets:
+// the kernel may hand out a port it just gave, once it is closed again.
+func distinctFreePorts(n int) ([]Ports, error) {
+	seen := map[int]bool{}
+	var out []Ports
+	for len(out) < n {
+		p, err := freePorts()
+		if err != nil {
+			return nil, err
+		}
+		if seen[p.HTTP] || seen[p.Server] || seen[p.SerfLAN] || p.HTTP == p.Server || p.HTTP == p.SerfLAN || p.Server == p.SerfLAN {
+			continue
+		}
+		seen[p.HTTP], seen[p.Server], seen[p.SerfLAN] = true, true, true
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// waitAllReady waits until every agent is ready, and fails at once, with
+// that agent's log, when one of them exits: its peers would wait for it in
+// vain until the deadline.
+func (c *Cluster) waitAllReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	pending := c.Agents()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for len(pending) > 0 {
+		var still []*Agent
+		for _, a := range pending {
+			if err := a.exitedEarly(); err != nil {
+				return err
+			}
+			if !a.isReady(ctx) {
+				still = append(still, a)
+			}
+		}
+		if pending = still; len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("consul agent %s not ready after %v: %w; log:\n%s", pending[0].opts.Name, readyTimeout, ctx.Err(), pending[0].logTail())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Agents returns the servers and then the client agents.
+func (c *Cluster) Agents() []*Agent {
+	return append(append([]*Agent(nil), c.Servers...), c.Clients...)
 }
 
 // Leader returns the running server that a running server reports as the
@@ -108,9 +198,9 @@ func (c *Cluster) WaitLeader(ctx context.Context) (*Agent, error) {
 	}
 }
 
-// Stop stops every server.
+// Stop kills every agent.
 func (c *Cluster) Stop() {
-	for _, a := range c.Servers {
+	for _, a := range c.Agents() {
 		a.Kill()
 	}
 }

@@ -229,13 +229,21 @@ func DevAgent(tb testing.TB, configure ...func(*consulagent.Options)) *consulage
 // Cluster starts n servers of the test's own, killed when the test ends.
 func Cluster(tb testing.TB, n int) *consulagent.Cluster {
 	tb.Helper()
+	return Topology(tb, consulagent.Topology{Servers: n})
+}
+
+// Topology starts servers and client agents of the test's own, killed when
+// the test ends. Applications in production reach Consul through the
+// client agent on their host: tests of that path talk to c.Clients.
+func Topology(tb testing.TB, t consulagent.Topology) *consulagent.Cluster {
+	tb.Helper()
 	b, err := binary()
 	if err != nil {
 		tb.Fatalf("consultest: no Consul binary: %v", err)
 	}
-	c, err := consulagent.StartCluster(context.Background(), b, tb.TempDir(), n)
+	c, err := consulagent.StartTopology(context.Background(), b, tb.TempDir(), t)
 	if err != nil {
-		tb.Fatalf("consultest: cannot start a %d-server Consul cluster: %v", n, err)
+		tb.Fatalf("consultest: cannot start a Consul cluster of %d servers and %d client agents: %v", t.Servers, t.Clients, err)
 	}
 	tb.Cleanup(c.Stop)
 	return c
