@@ -131,94 +131,148 @@ func TestHistoryUnderFaults(t *testing.T) {
 	proxy.SetFaults(0.1, faultproxy.Status500, faultproxy.Status429, faultproxy.ResetBefore, faultproxy.ResetAfter)
 	proxy.SetLatency(2 * time.Millisecond)
 	frozen := followers[1]
-	direct := consultest.ClientOf(t, frozen)
-	name, prefix := lockName(t, "k"), "hist/"+lockName(t, "")
-
-	var (
-		mu       sync.Mutex
-		acked    []write
-		cycles   int
-		failures []string
-	)
-	hist := newLockHistory()
-	run := 25 * time.Second
-	if *soak > run {
-		run = *soak
-	}
-	stop := time.Now().Add(run)
-	var wg sync.WaitGroup
-	for w := range 4 {
-		// Each worker has a client of its own, as a process of its own
-		// would: the lock passes between them by handoffs in Consul.
-		c := clientAt(t, frozen.HTTPAddr())
-		if w%2 == 0 {
-			c = clientAt(t, proxy.Addr())
-		}
-		wg.Go(func() {
-			lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(20*time.Second))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer lk.Close(ctx)
-			for n := 0; time.Now().Before(stop); n++ {
-				call := hist.now()
-				l, err := lk.Acquire(ctx, name)
-				if err != nil {
-					mu.Lock()
-					failures = append(failures, err.Error())
-					mu.Unlock()
-					continue
-				}
-				tok := l.Token()
-				hist.add(w, lockInput{op: opAcquire}, lockOutput{token: tok}, call, hist.now())
-				for i := range 3 {
-					key := fmt.Sprintf("%s%d-%d-%d", prefix, w, n, i)
-					wcall := hist.now()
-					err := l.PutFenced(ctx, key, []byte(strconv.FormatUint(tok, 10)))
-					if err == nil || errors.Is(err, consullock.ErrLockLost) {
-						hist.add(w, lockInput{op: opWrite, token: tok}, lockOutput{ok: err == nil}, wcall, hist.now())
-					} // other errors leave the write's outcome unknown: the final read checks it
-					if err != nil {
-						break
-					}
-					mu.Lock()
-					acked = append(acked, write{key, tok})
-					mu.Unlock()
-				}
-				rcall := hist.now()
-				err = l.Release(ctx)
-				switch {
-				case err != nil: // it ends some time, by a retry or its maximum lifespan
-					hist.add(w, lockInput{op: opUncertainEnd, token: tok}, lockOutput{}, call, forever)
-				case l.Err() != nil: // lost some time after its acquire began
-					hist.add(w, lockInput{op: opUncertainEnd, token: tok}, lockOutput{}, call, hist.now())
-				default:
-					hist.add(w, lockInput{op: opRelease, token: tok}, lockOutput{}, rcall, hist.now())
-				}
-				mu.Lock()
-				cycles++
-				mu.Unlock()
-			}
-		})
-	}
-
-	rounds := 0
-	for rounds == 0 || time.Until(stop) > 15*time.Second {
+	// Each worker has a client of its own, as a process of its own would:
+	// the lock passes between them by handoffs in Consul.
+	addrs := []string{proxy.Addr(), frozen.HTTPAddr(), proxy.Addr(), frozen.HTTPAddr()}
+	r := runHistory(t, consultest.ClientOf(t, frozen), addrs, func(ctx context.Context, round int) {
 		injectFaults(t, ctx, cl, frozen)
-		rounds++
+	})
+	t.Logf("%d lock cycles by 4 workers in %v; faults: %d rounds of a leader kill and restart and an agent frozen 4s, proxy (+2 ms each) %v; %d holds lost, %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
+		r.cycles, r.ran, r.rounds, proxy.Counts(), r.lost, len(r.failures), len(r.acked))
+	if len(r.failures) > 0 {
+		t.Logf("first failed acquire: %s", r.failures[0])
+	}
+}
+
+// TestHistoryBehindClientAgents is TestHistoryUnderFaults as production runs
+// it: the workers reach a 3-server cluster through two client agents, two
+// workers on each, while rounds of faults kill and restart the leader, kill
+// one client agent with SIGKILL and restart it 3 s later, and freeze the
+// other one, for 20 s (longer than the sessions' TTL, so that its holders
+// lose their locks to the others) or, every other round, for 4 s.
+func TestHistoryBehindClientAgents(t *testing.T) {
+	t.Parallel()
+	cl := consultest.Topology(t, consulagent.Topology{Servers: 3, Clients: 2})
+	killed, frozen := cl.Clients[0], cl.Clients[1]
+	addrs := []string{killed.HTTPAddr(), frozen.HTTPAddr(), killed.HTTPAddr(), frozen.HTTPAddr()}
+	r := runHistory(t, consultest.ClientOf(t, cl.Servers[0]), addrs, func(ctx context.Context, round int) {
+		injectClientAgentFaults(t, ctx, cl, killed, frozen, round)
+	})
+	t.Logf("%d lock cycles by 4 workers behind 2 client agents in %v; faults: %d rounds of a leader kill and restart, a client agent killed for 3 s and one frozen for 20 s or 4 s; %d holds lost, %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
+		r.cycles, r.ran, r.rounds, r.lost, len(r.failures), len(r.acked))
+	if len(r.failures) > 0 {
+		t.Logf("first failed acquire: %s", r.failures[0])
+	}
+}
+
+// historyRun is what the workers of a history test did.
+type historyRun struct {
+	hist *lockHistory
+	ran  time.Duration
+
+	mu       sync.Mutex
+	acked    []write
+	cycles   int
+	failures []string
+	lost     int // holds that ended lost, or whose release failed
+	rounds   int
+}
+
+// runHistory runs a worker for each of addrs, each with a client of its
+// own, on one lock, for 25 s or -soak, while faults runs round after round;
+// then it checks the history (through check) and deletes its keys.
+func runHistory(t *testing.T, check *api.Client, addrs []string, faults func(ctx context.Context, round int)) *historyRun {
+	t.Helper()
+	ctx := context.Background()
+	name, prefix := lockName(t, "k"), "hist/"+lockName(t, "")
+	r := &historyRun{hist: newLockHistory(), ran: 25 * time.Second}
+	if *soak > r.ran {
+		r.ran = *soak
+	}
+	stop := time.Now().Add(r.ran)
+	var wg sync.WaitGroup
+	for w, addr := range addrs {
+		c := clientAt(t, addr)
+		wg.Go(func() { r.work(t, ctx, w, c, name, prefix, stop) })
+	}
+	for r.rounds == 0 || time.Until(stop) > 15*time.Second {
+		faults(ctx, r.rounds)
+		r.rounds++
 	}
 	wg.Wait()
-
-	checkHistory(t, direct, prefix, acked)
-	hist.check(t, time.Minute)
-	t.Logf("%d lock cycles by 4 workers in %v; faults: %d rounds of a leader kill and restart and an agent frozen 4s, proxy (+2 ms each) %v; %d acquires failed; %d fenced writes acknowledged, 0 lost, 0 overlaps",
-		cycles, run, rounds, proxy.Counts(), len(failures), len(acked))
-	if len(failures) > 0 {
-		t.Logf("first failed acquire: %s", failures[0])
-	}
-	if _, err := direct.KV().DeleteTree(prefix, nil); err != nil {
+	checkHistory(t, check, prefix, r.acked)
+	r.hist.check(t, time.Minute)
+	if _, err := check.KV().DeleteTree(prefix, nil); err != nil {
 		t.Fatal(err)
+	}
+	return r
+}
+
+// work is one worker: lock cycles until stop, each with three fenced writes,
+// every operation recorded in the history.
+func (r *historyRun) work(t *testing.T, ctx context.Context, w int, c *api.Client, name, prefix string, stop time.Time) {
+	lk, err := consullock.NewLocker(consullock.WithClient(c), consullock.WithAcquireTimeout(20*time.Second))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer lk.Close(ctx)
+	for n := 0; time.Now().Before(stop); n++ {
+		call := r.hist.now()
+		l, err := lk.Acquire(ctx, name)
+		if err != nil {
+			r.mu.Lock()
+			r.failures = append(r.failures, err.Error())
+			r.mu.Unlock()
+			continue
+		}
+		r.hist.add(w, lockInput{op: opAcquire}, lockOutput{token: l.Token()}, call, r.hist.now())
+		r.writeFenced(ctx, w, l, fmt.Sprintf("%s%d-%d-", prefix, w, n))
+		r.release(ctx, w, l, call)
+		r.mu.Lock()
+		r.cycles++
+		r.mu.Unlock()
+	}
+}
+
+// writeFenced makes up to three fenced writes of l's token, and stops at the
+// first that fails.
+func (r *historyRun) writeFenced(ctx context.Context, w int, l *consullock.Lease, keyPrefix string) {
+	tok := l.Token()
+	for i := range 3 {
+		key := keyPrefix + strconv.Itoa(i)
+		call := r.hist.now()
+		err := l.PutFenced(ctx, key, []byte(strconv.FormatUint(tok, 10)))
+		if err == nil || errors.Is(err, consullock.ErrLockLost) {
+			r.hist.add(w, lockInput{op: opWrite, token: tok}, lockOutput{ok: err == nil}, call, r.hist.now())
+		} // other errors leave the write's outcome unknown: the final read checks it
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		r.acked = append(r.acked, write{key, tok})
+		r.mu.Unlock()
+	}
+}
+
+// release gives l back and records how its hold ended; acquired is when its
+// acquire began.
+func (r *historyRun) release(ctx context.Context, w int, l *consullock.Lease, acquired int64) {
+	tok := l.Token()
+	call := r.hist.now()
+	err := l.Release(ctx)
+	if err != nil || l.Err() != nil {
+		r.mu.Lock()
+		r.lost++
+		r.mu.Unlock()
+	}
+	switch {
+	case err != nil: // it ends some time, by a retry or its maximum lifespan
+		r.hist.add(w, lockInput{op: opUncertainEnd, token: tok}, lockOutput{}, acquired, forever)
+	case l.Err() != nil: // lost some time after its acquire began
+		r.hist.add(w, lockInput{op: opUncertainEnd, token: tok}, lockOutput{}, acquired, r.hist.now())
+	default:
+		r.hist.add(w, lockInput{op: opRelease, token: tok}, lockOutput{}, call, r.hist.now())
 	}
 }
 
@@ -228,6 +282,51 @@ func TestHistoryUnderFaults(t *testing.T) {
 func injectFaults(t *testing.T, ctx context.Context, cl *consulagent.Cluster, frozen *consulagent.Agent) {
 	t.Helper()
 	time.Sleep(4 * time.Second) // the workers run undisturbed this long
+	leader := killLeader(t, ctx, cl)
+	if leader != frozen {
+		frozen.Freeze()
+		time.Sleep(4 * time.Second) // the agent stays frozen this long
+		frozen.Thaw()
+	}
+	if err := leader.Restart(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// injectClientAgentFaults lets the workers run for 4 s, kills the leader and
+// waits for the next, kills the client agent killed and restarts it 3 s
+// later, freezes the client agent frozen for 20 s (4 s in odd rounds), and
+// restarts the old leader; it returns once every agent is ready again.
+func injectClientAgentFaults(t *testing.T, ctx context.Context, cl *consulagent.Cluster, killed, frozen *consulagent.Agent, round int) {
+	t.Helper()
+	time.Sleep(4 * time.Second) // the workers run undisturbed this long
+	leader := killLeader(t, ctx, cl)
+	killed.Kill()
+	time.Sleep(3 * time.Second) // the client agent stays down this long
+	if err := killed.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	freeze := 20 * time.Second
+	if round%2 == 1 {
+		freeze = 4 * time.Second
+	}
+	frozen.Freeze()
+	time.Sleep(freeze) // the client agent stays frozen this long
+	frozen.Thaw()
+	if err := leader.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []*consulagent.Agent{leader, killed} {
+		if err := a.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// killLeader kills the cluster's leader, waits until another is elected,
+// and returns the killed one.
+func killLeader(t *testing.T, ctx context.Context, cl *consulagent.Cluster) *consulagent.Agent {
+	t.Helper()
 	leader, err := cl.WaitLeader(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -238,14 +337,7 @@ func injectFaults(t *testing.T, ctx context.Context, cl *consulagent.Cluster, fr
 	if _, err := cl.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if leader != frozen {
-		frozen.Freeze()
-		time.Sleep(4 * time.Second) // the agent stays frozen this long
-		frozen.Thaw()
-	}
-	if err := leader.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	return leader
 }
 
 // checkHistory checks the fenced writes under prefix against the writes that
