@@ -34,7 +34,7 @@ func BenchmarkCycle(b *testing.B) {
 func BenchmarkContended(b *testing.B) {
 	c := consultest.Client(b)
 	for _, workers := range []int{4, 16} {
-		for _, impl := range bench.Impls()[1:] { // the raw floor is no lock
+		for _, impl := range bench.ContendedImpls() {
 			b.Run(fmt.Sprintf("%s/workers=%d", impl.Name, workers), func(b *testing.B) {
 				res, err := bench.Run(context.Background(), c, impl, fmt.Sprintf("bench-contended-%d-%d", workers, b.N), workers, b.N, nil)
 				if err != nil {

@@ -34,7 +34,10 @@ latency, cycles per second, and the ratios between them:
   processes:   with -processes, the same with each worker an OS process of
                its own, as on different hosts.
 
-Contended cases report the worst wait for the lock, and each worker's share
+Contended cases are also compared with the ticket floor: a fair ticket lock
+on two raw keys, with no session and no safety, which passes the lock to
+the next waiter in one write and one wake-up, the least any lock on Consul
+spends to pass between processes. They report the worst wait for the lock, and each worker's share
 (the fewest cycles a worker completed over the mean: a lock that starves
 some workers is not fast). -hold makes each holder hold the lock that long;
 the overhead per cycle (the cycle time less the hold) is then given in raw
@@ -107,7 +110,7 @@ func runBench(ctx context.Context, args []string, s stdio) error {
 		report.Uncontended = append(report.Uncontended, r)
 	}
 	for _, n := range workers {
-		for _, impl := range bench.Impls()[1:] { // the raw floor is no lock
+		for _, impl := range bench.ContendedImpls() {
 			r, err := runCase(ctx, c, impl, bench.Spec{Workers: n, Duration: *duration, Hold: *hold}, meter)
 			if err != nil {
 				return err
@@ -230,11 +233,20 @@ func printReport(w io.Writer, r benchReport, cycles int, d time.Duration) {
 		workers   int
 		processes bool
 	}
-	apiRate := map[group]float64{}
+	apiRate, floorRate := map[group]float64{}, map[group]float64{}
 	for _, x := range r.Contended {
-		if x.Impl == bench.ConsulAPI.Name {
+		switch x.Impl {
+		case bench.ConsulAPI.Name:
 			apiRate[group{x.Workers, x.Processes}] = x.PerSecond
+		case bench.TicketFloor.Name:
+			floorRate[group{x.Workers, x.Processes}] = x.PerSecond
 		}
+	}
+	ratio := func(rate float64, of map[group]float64, g group) string {
+		if of[g] <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", rate/of[g])
 	}
 	write := floor / 2
 	for i, x := range r.Contended {
@@ -246,11 +258,7 @@ func printReport(w io.Writer, r benchReport, cycles int, d time.Duration) {
 			}
 			fmt.Fprintf(w, "\nContended: %d %s on one key, %v each, hold %v\n", x.Workers, kind, d, r.Hold)
 			tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "implementation\tcycles/s\tvs consul/api\toverhead/cycle\thandoff p50\tcycle p99\tworst wait\tmin share\tattempts/acquire\t")
-		}
-		ratio := "-"
-		if apiRate[g] > 0 {
-			ratio = fmt.Sprintf("%.1fx", x.PerSecond/apiRate[g])
+			fmt.Fprintln(tw, "implementation\tcycles/s\tvs ticket floor\tvs consul/api\toverhead/cycle\thandoff p50\tcycle p99\tworst wait\tmin share\tattempts/acquire\t")
 		}
 		attempts := "-"
 		if x.AttemptsPerAcquire > 0 {
@@ -261,7 +269,7 @@ func printReport(w io.Writer, r benchReport, cycles int, d time.Duration) {
 			cycle := time.Duration(float64(time.Second) / x.PerSecond)
 			overhead = fmt.Sprintf("%.2f writes", float64(cycle-r.Hold)/float64(write))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t\n", x.Impl, x.PerSecond, ratio, overhead, msf(x.HandoffP50), msf(x.P99), msf(x.MaxWait), x.MinShare, attempts)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t\n", x.Impl, x.PerSecond, ratio(x.PerSecond, floorRate, g), ratio(x.PerSecond, apiRate, g), overhead, msf(x.HandoffP50), msf(x.P99), msf(x.MaxWait), x.MinShare, attempts)
 		if i == len(r.Contended)-1 || (group{r.Contended[i+1].Workers, r.Contended[i+1].Processes}) != g {
 			tw.Flush()
 		}

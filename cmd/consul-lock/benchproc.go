@@ -27,7 +27,7 @@ import (
 const benchWorkerCommand = "bench-worker"
 
 // processImpls are the implementations compared across processes.
-var processImpls = []bench.Impl{bench.Locker, bench.LockerFair, bench.Ephemeral, bench.ConsulAPI}
+var processImpls = []bench.Impl{bench.TicketFloor, bench.Locker, bench.LockerFair, bench.Ephemeral, bench.ConsulAPI}
 
 // runProcesses runs one case: n worker processes of impl on one key, for d.
 func runProcesses(ctx context.Context, addr string, impl bench.Impl, n int, d, hold time.Duration, meter *progress.Meter) (bench.Result, error) {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,9 +41,15 @@ func Impls() []Impl {
 	return []Impl{RawFloor, LockerShared, Locker, LockerFair, Ephemeral, ConsulAPI}
 }
 
+// ContendedImpls are the implementations compared under contention: the
+// raw floor is no lock, and gives way to the ticket floor.
+func ContendedImpls() []Impl {
+	return append([]Impl{TicketFloor}, Impls()[1:]...)
+}
+
 // ImplByID returns the implementation whose ID is id.
 func ImplByID(id string) (Impl, bool) {
-	for _, impl := range Impls() {
+	for _, impl := range append(Impls(), TicketFloor) {
 		if impl.ID == id {
 			return impl, true
 		}
@@ -73,6 +80,81 @@ var RawFloor = Impl{Name: "raw KV floor (2 PUTs)", ID: "raw", New: func(c *api.C
 		return err
 	}, func() {}, nil
 }}
+
+// TicketFloor is the floor of a fair lock that passes between processes in
+// one write: a ticket lock on two raw keys, with no session and no safety
+// (a holder that dies blocks it for good). A waiter draws a ticket (a
+// check-and-set of KEY/tail, made while the lock is held, off the critical
+// path) and waits with blocking queries until KEY/head shows its ticket; a
+// release writes the next ticket to KEY/head. The next holder learns of that
+// write from the query it waits on: a handoff is one write and one wake-up,
+// the least that any lock on Consul can spend passing the key to a waiter
+// of another process.
+var TicketFloor = Impl{Name: "raw ticket floor (1 PUT a handoff)", ID: "raw-ticket", New: func(c *api.Client, _ consullock.Observer) (func(context.Context, string, func()) error, func(), error) {
+	return func(ctx context.Context, key string, inside func()) error {
+		t := ticketLock{kv: c.KV(), tail: rawPrefix + key + "/tail", head: rawPrefix + key + "/head"}
+		n, err := t.draw(ctx)
+		if err != nil {
+			return err
+		}
+		if err := t.await(ctx, n); err != nil {
+			return err
+		}
+		inside()
+		_, err = c.KV().Put(&api.KVPair{Key: t.head, Value: []byte(strconv.FormatUint(n+1, 10))}, (&api.WriteOptions{}).WithContext(ctx))
+		return err
+	}, func() {}, nil
+}}
+
+// ticketLock is TicketFloor's pair of keys: the next ticket to draw, and the
+// ticket that holds the lock.
+type ticketLock struct {
+	kv         *api.KV
+	tail, head string
+}
+
+// draw takes the next ticket with a check-and-set of the tail.
+func (t ticketLock) draw(ctx context.Context) (uint64, error) {
+	for {
+		p, _, err := t.kv.Get(t.tail, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return 0, err
+		}
+		n, index := ticketOf(p), uint64(0)
+		if p != nil {
+			index = p.ModifyIndex
+		}
+		next := &api.KVPair{Key: t.tail, Value: []byte(strconv.FormatUint(n+1, 10)), ModifyIndex: index}
+		ok, _, err := t.kv.CAS(next, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil || ok {
+			return n, err
+		}
+	}
+}
+
+// await blocks until the head shows ticket n.
+func (t ticketLock) await(ctx context.Context, n uint64) error {
+	var index uint64
+	for {
+		p, meta, err := t.kv.Get(t.head, (&api.QueryOptions{WaitIndex: index}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if ticketOf(p) == n {
+			return nil
+		}
+		index = meta.LastIndex
+	}
+}
+
+// ticketOf reads a ticket key; a missing one is ticket 0.
+func ticketOf(p *api.KVPair) uint64 {
+	if p == nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(p.Value), 10, 64)
+	return n
+}
 
 // Locker is consullock's Locker, one per worker, as separate processes use it.
 var Locker = Impl{Name: "consullock Locker, one per worker", ID: "locker", New: func(c *api.Client, o consullock.Observer) (func(context.Context, string, func()) error, func(), error) {

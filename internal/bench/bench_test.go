@@ -18,7 +18,7 @@ func TestRunMeasuresEveryImpl(t *testing.T) {
 	ctx := context.Background()
 	defer bench.Cleanup(ctx, c)
 	var results []bench.Result
-	for _, impl := range bench.Impls() {
+	for _, impl := range append(bench.Impls(), bench.TicketFloor) {
 		for _, workers := range []int{1, 3} {
 			r, err := bench.Run(ctx, c, impl, "bench-test", workers, 30, nil)
 			if err != nil {
