@@ -323,10 +323,14 @@ func injectClientAgentFaults(t *testing.T, ctx context.Context, cl *consulagent.
 	}
 }
 
-// killLeader kills the cluster's leader, waits until another is elected,
-// and returns the killed one.
+// killLeader kills the cluster's leader, once every server votes again
+// (see WaitHealthy), waits until another is elected, and returns the killed
+// one.
 func killLeader(t *testing.T, ctx context.Context, cl *consulagent.Cluster) *consulagent.Agent {
 	t.Helper()
+	if err := cl.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
 	leader, err := cl.WaitLeader(ctx)
 	if err != nil {
 		t.Fatal(err)

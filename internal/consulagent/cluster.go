@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Topology is the shape of a cluster: servers, and client agents joined to
@@ -196,6 +198,48 @@ func (c *Cluster) WaitLeader(ctx context.Context) (*Agent, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// WaitHealthy waits until autopilot reports every server healthy and a
+// voter, so that (with three or more) one can fail without an outage. A
+// server restarted after a kill votes again only once autopilot's
+// stabilization time (10 s by default) has passed: killing the leader
+// before then can leave the others without a quorum, as in production.
+func (c *Cluster) WaitHealthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	for {
+		if c.healthy(ctx) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster not healthy within %v: %w", readyTimeout, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) healthy(ctx context.Context) bool {
+	leader, err := c.Leader(ctx)
+	if err != nil {
+		return false
+	}
+	cl, closeIdle, err := leader.Client()
+	if err != nil {
+		return false
+	}
+	defer closeIdle()
+	reply, err := cl.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || !reply.Healthy || len(reply.Servers) != len(c.Servers) {
+		return false
+	}
+	for _, s := range reply.Servers {
+		if !s.Voter || !s.Healthy {
+			return false
+		}
+	}
+	return true
 }
 
 // Stop kills every agent.
