@@ -137,7 +137,10 @@ func TestWaitersThatGiveUpLeaveTheLine(t *testing.T) {
 	direct := consultest.ClientOf(t, agent)
 	ctx := context.Background()
 	holder := newLocker(t, consultest.ClientOf(t, agent))
-	quitter := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(100*time.Millisecond))
+	// The quitter's timeout is long enough for both waiters to queue on a
+	// busy machine (CI runs packages side by side on 2 cores).
+	const timeout = 400 * time.Millisecond
+	quitter := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(timeout))
 	patient := newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute))
 	gaveUp := 0
 	for i := range 20 {
@@ -146,6 +149,7 @@ func TestWaitersThatGiveUpLeaveTheLine(t *testing.T) {
 			t.Fatal(err)
 		}
 		quit := make(chan error, 1)
+		start := time.Now()
 		go func() {
 			l, err := quitter.Acquire(ctx, "k")
 			if err == nil {
@@ -163,9 +167,10 @@ func TestWaitersThatGiveUpLeaveTheLine(t *testing.T) {
 			got <- l
 		}()
 		queued(t, direct, "locks/ephemeral/k", 2)
-		// Release around the moment the quitter gives up: 60 to 140 ms
-		// after it queued.
-		time.Sleep(time.Duration(60+4*i) * time.Millisecond) // the moment of the release, not a wait for a condition
+		// Release around the moment the quitter gives up: from 0.6 to 1.35
+		// of its timeout after it began.
+		release := start.Add(timeout * time.Duration(60+4*i) / 100)
+		time.Sleep(time.Until(release)) // the moment of the release, not a wait for a condition
 		if err := held.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
