@@ -472,7 +472,7 @@ func TestClientAgentServersLoseQuorum(t *testing.T) {
 	t.Parallel()
 	cl, c1, c2 := behindTwoAgents(t, 3)
 	// Renewed every 30 s, so the deadline is always 29 s away or more: the
-	// outage and the re-election took 11 to 15 s here.
+	// outage and the re-election took 10.5 to 15.3 s here.
 	const ttl = 60 * time.Second
 	name := lockName(t, "k")
 	lease := mustLease(t, newLocker(t, c1, consullock.WithSessionTTL(ttl)), name)
