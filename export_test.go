@@ -1,5 +1,7 @@
 package consullock
 
+import "github.com/hashicorp/consul/api"
+
 // Hooks for the external tests: what a process knows, which Consul cannot
 // show.
 
@@ -20,4 +22,21 @@ func knowsWaiter(h *held) bool {
 	}
 	_, ok := firstOther(h.queue, h.sess.id)
 	return ok
+}
+
+// Transient reports whether the library retries a call that failed with
+// err, as a passing failure.
+func Transient(err error) bool { return transient(err) }
+
+// Watching reports whether a watch query of the locks built on c still
+// runs: one lingers for up to watchLinger after its last watcher left.
+func Watching(c *api.Client) bool {
+	hubs.Lock()
+	defer hubs.Unlock()
+	for k := range hubs.m {
+		if k.c == c {
+			return true
+		}
+	}
+	return false
 }

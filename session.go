@@ -220,10 +220,18 @@ func (s *session) invalidate(err error) {
 }
 
 // abandon ends the session, and destroys it in the background so that its
-// keys are freed now rather than at the end of its TTL.
+// keys are freed now rather than at the end of its TTL. A session that
+// Consul invalidated already is left alone: nothing would wait for the
+// call, which could go on for cleanupTimeout after a Close returned.
 func (s *session) abandon(err error) {
 	s.end(err)
-	s.destroyOnce.Do(func() { go s.destroyNow() })
+	s.destroyOnce.Do(func() {
+		select {
+		case <-s.gone:
+		default:
+			go s.destroyNow()
+		}
+	})
 }
 
 func (s *session) destroyNow() {

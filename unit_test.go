@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"syscall"
@@ -35,6 +37,11 @@ func TestUnitClassify(t *testing.T) {
 		{fmt.Errorf("%w: Unexpected response code: 429 (rate limited)", ErrConsul), failPassing},
 		{errors.New("Unexpected response code: 403 (ACL not found)"), failDenied},
 		{errors.New("rpc error making call: No cluster leader"), failPassing},
+		// A client agent cut off from the servers (TestClientAgentCutOffFromServers).
+		{api.StatusError{Code: 500, Body: "No known Consul servers"}, failPassing},
+		{api.StatusError{Code: 500, Body: "rpc error getting client: failed to get conn: dial tcp 127.0.0.1:0->127.0.0.1:8300: connect: connection refused"}, failPassing},
+		{api.StatusError{Code: 500, Body: "rpc error making call: stream closed"}, failPassing},
+		{errors.New("Unexpected response code: 500"), failPassing}, // a renewal's, without the body
 		{errors.New(`invalid session "3f1e"`), failSession},
 		{errors.New("Permission denied"), failDenied},
 		{&url.Error{Op: "Put", URL: "http://a", Err: syscall.ECONNREFUSED}, failPassing},
@@ -363,5 +370,47 @@ func TestUnitGrouping(t *testing.T) {
 	order := sortedOrder([]string{"c", "a", "b"})
 	if fmt.Sprint(order) != "[1 2 0]" {
 		t.Errorf("sortedOrder = %v", order)
+	}
+}
+
+// Abandoning a session that Consul invalidated already sends nothing: a
+// destroy would be useless, and nothing would wait for it (Close returns
+// once the session is gone), so it could run on after Close for up to
+// cleanupTimeout. A live session abandoned is destroyed.
+func TestUnitAbandonLeavesAnInvalidatedSessionAlone(t *testing.T) {
+	t.Parallel()
+	requests := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests <- r.Method + " " + r.URL.Path
+		w.Write([]byte("true"))
+	}))
+	defer srv.Close()
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = srv.Listener.Addr().String()
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Transport.CloseIdleConnections()
+	newSession := func(id string) *session {
+		return &session{conn: conn{c: c}, id: id, gone: make(chan struct{}), stopRenew: func() {},
+			holds: map[*held]struct{}{}, timer: time.AfterFunc(time.Hour, func() {})}
+	}
+	invalid := newSession("invalidated")
+	invalid.invalidate(ErrLockLost)
+	if err := invalid.destroy(context.Background(), ErrLockLost); err != nil {
+		t.Fatalf("destroy an invalidated session: %v", err)
+	}
+	live := newSession("live")
+	if err := live.destroy(context.Background(), ErrLockLost); err != nil {
+		t.Fatalf("destroy a live session: %v", err)
+	}
+	if got := <-requests; got != "PUT /v1/session/destroy/live" {
+		t.Fatalf("first request %q, want the live session's destroy only", got)
+	}
+	select {
+	case got := <-requests:
+		t.Fatalf("another request: %q", got)
+	default:
 	}
 }

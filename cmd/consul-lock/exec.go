@@ -26,6 +26,11 @@ fencing token) in its environment and inherits stdin, stdout and stderr.
 SIGINT and SIGTERM are passed on to it. If the lock is lost while it runs,
 its process group gets SIGTERM at once and SIGKILL after -grace.
 
+Once COMMAND has stopped, the lock is given back within 2s; an agent that
+does not answer by then (dead, cut off) is not waited for, and Consul frees
+the lock when its session's TTL (-ttl) runs out. After a loss there is
+nothing left to give back: consul-lock exits at most 1s after COMMAND.
+
 Exit statuses besides COMMAND's:
   64   usage error: flags, KEY, or client settings (an unreadable token file)
   69   Consul unreachable or refusing (ACL, TLS)
@@ -117,7 +122,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 	if err != nil {
 		return usageError{err}
 	}
-	defer done(context.WithoutCancel(ctx))
+	defer within(releaseTimeout, func(ctx context.Context) error { done(ctx); return nil })
 	if err := ping(ctx, client, cfg, f.acquireTimeout()); err != nil {
 		return err
 	}
@@ -127,7 +132,7 @@ func runExec(ctx context.Context, args []string, s stdio) error {
 // newTaker builds what exec acquires: an EphemeralLock renewed for as long
 // as the command runs, or with -n a slot of a semaphore through a Locker
 // whose session TTL is -ttl, its leases renewed until released. done
-// closes what it built.
+// closes what it built, unless a slot was taken: releasing the slot does.
 func newTaker(name string, opts []consullock.Option, f execFlags) (take func(context.Context) (held, error), done func(context.Context), err error) {
 	if f.n == 1 {
 		lock, err := consullock.NewEphemeralLock(name, append(opts, consullock.WithLockTimeout(f.ttl), consullock.WithRenewal())...)
@@ -144,7 +149,33 @@ func newTaker(name string, opts []consullock.Option, f execFlags) (take func(con
 	if err != nil {
 		return nil, nil, err
 	}
-	return func(ctx context.Context) (held, error) { return sem.Acquire(ctx) }, func(ctx context.Context) { lk.Close(ctx) }, nil
+	leased := false
+	take = func(ctx context.Context) (held, error) {
+		lease, err := sem.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		leased = true
+		return semLease{lease, lk}, nil
+	}
+	done = func(ctx context.Context) {
+		if !leased { // else the lease's Release closes lk, within its bound
+			lk.Close(ctx)
+		}
+	}
+	return take, done, nil
+}
+
+// semLease is the slot that exec -n holds: its Release also closes the
+// Locker that took it, within the same bound, since exec takes one slot.
+type semLease struct {
+	*consullock.Lease
+	lk *consullock.Locker
+}
+
+// Release gives the slot back and destroys the Locker's session.
+func (l semLease) Release(ctx context.Context) error {
+	return errors.Join(l.Lease.Release(ctx), l.lk.Close(ctx))
 }
 
 // held is what exec needs of a lock it holds: an EphemeralLock, or a
@@ -194,19 +225,7 @@ func execLocked(ctx context.Context, take func(context.Context) (held, error), a
 	if err == nil {
 		// From here on the lock is given back whatever happens: also when a
 		// signal came just as it was taken, or went on to the command.
-		defer func() {
-			// After a loss there is little to give back, and no hurry: the
-			// session's TTL frees what Consul cannot be told about in 2 s.
-			timeout := 10 * time.Second
-			if lock.Err() != nil {
-				timeout = 2 * time.Second
-			}
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-			defer cancel()
-			if err := lock.Release(rctx); err != nil {
-				fmt.Fprintf(s.errOut, "consul-lock exec: %v\n", err)
-			}
-		}()
+		defer release(lock, f.ttl, s)
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -217,6 +236,46 @@ func execLocked(ctx context.Context, take func(context.Context) (held, error), a
 		return exitError{exitUnavailable, err.Error()}
 	}
 	return supervise(lock, argv, f, sigs, s)
+}
+
+// How long exec waits, once the command has stopped, to give the lock back
+// (a round trip or two to a healthy agent) or, after a loss, to destroy its
+// session: an agent that does not answer by then is not waited for, and
+// Consul frees the lock when the session's TTL runs out.
+const (
+	releaseTimeout     = 2 * time.Second
+	lostReleaseTimeout = time.Second
+)
+
+// release gives the lock back, within releaseTimeout, and says so on
+// stderr when it could not. After a loss there is nothing of ours left to
+// give back: the session is destroyed if the agent answers within
+// lostReleaseTimeout, else its TTL frees it, and nothing more is said.
+func release(lock held, ttl time.Duration, s stdio) {
+	if lock.Err() != nil {
+		within(lostReleaseTimeout, lock.Release)
+		return
+	}
+	if err := within(releaseTimeout, lock.Release); err != nil {
+		fmt.Fprintf(s.errOut, "consul-lock exec: %v; Consul frees the lock when its session's TTL (-ttl %v) runs out, within twice that\n", err, ttl)
+	}
+}
+
+// within runs fn with a context that ends after d, and waits no longer than
+// that for it, also when fn outlives its context (the library's releases
+// retry for up to 10 s whatever the context): what is left of fn ends with
+// the process.
+func within(d time.Duration, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- fn(ctx) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("could not release the lock: no answer from Consul within %v", d)
+	}
 }
 
 // supervise runs the command in a process group of its own and waits for it,

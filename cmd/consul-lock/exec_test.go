@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/consullock/consullock"
+	"github.com/consullock/consullock/internal/consulagent"
 	"github.com/consullock/consullock/internal/consultest"
 )
 
@@ -292,5 +293,127 @@ func TestExecSemaphore(t *testing.T) {
 	}
 	if keys, _, _ := c.KV().Keys("locks/ephemeral/"+key, "", nil); len(keys) != 0 {
 		t.Fatalf("keys left: %q", keys)
+	}
+}
+
+// When the client agent that exec talks through dies, the lock is lost at
+// its local deadline: the command is told to stop before a rival through
+// another client agent can take the lock, and exec exits 76 within seconds
+// of the command stopping, not after trying to release through the dead
+// agent.
+func TestExecExitsSoonAfterItsAgentDies(t *testing.T) {
+	t.Parallel()
+	cluster := consultest.Topology(t, consulagent.Topology{Servers: 1, Clients: 2})
+	c1, c2 := cluster.Clients[0], cluster.Clients[1]
+	key := lockKey(t)
+	stopFile := filepath.Join(t.TempDir(), "stopping")
+	script := `trap 'touch "` + stopFile + `"; exit 143' TERM; sleep 60 & wait`
+	cmd, pid := startExec(t, script, "-http-addr", c1.HTTPAddr(), "-ttl", "10s", key)
+	rival, err := consullock.NewEphemeralLock(key, consullock.WithClient(consultest.ClientOf(t, c2)), consullock.WithAcquireTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if err := c1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	rivalTook := make(chan time.Time, 1)
+	go func() {
+		if rival.Acquire(context.Background()) == nil {
+			rivalTook <- time.Now()
+		}
+	}()
+	defer rival.Release(context.Background())
+
+	told, gone := when(func() bool { return exists(stopFile) }), when(func() bool { return !alive(pid) })
+	code := cmd.wait(t, 30*time.Second)
+	exited := time.Now()
+	stopped := <-gone
+	since := func(at time.Time) time.Duration { return at.Sub(killed).Round(time.Millisecond) }
+	var toldAt time.Time
+	select {
+	case toldAt = <-told:
+		t.Logf("after c1 was killed: command told to stop at +%v, gone at +%v, consul-lock exited at +%v (%v after its command)",
+			since(toldAt), since(stopped), since(exited), exited.Sub(stopped).Round(time.Millisecond))
+	default:
+		t.Fatalf("consul-lock exited %d; the command was never told to stop (stderr: %s)", code, cmd.errOut)
+	}
+	select {
+	case took := <-rivalTook:
+		if !took.After(toldAt) {
+			t.Fatalf("a rival took the lock at +%v, before the command was told to stop at +%v", since(took), since(toldAt))
+		}
+	default: // no rival has the lock yet: the command stopped first
+	}
+	if code != exitLost || exited.Sub(stopped) > 3*time.Second {
+		t.Fatalf("consul-lock exited %d %v after its command stopped, want %d within 3s (stderr: %s)", code, exited.Sub(stopped), exitLost, cmd.errOut)
+	}
+	assertNoProcessGroup(t, pid)
+}
+
+// When the client agent dies while the command runs and the command then
+// exits on its own, before the lock is known lost, exec exits with the
+// command's status within a few seconds, holding a lock or a semaphore's
+// slot: the release through the dead agent is bounded.
+func TestExecReleaseThroughADeadAgentIsBounded(t *testing.T) {
+	t.Parallel()
+	for _, n := range []string{"1", "2"} {
+		t.Run("-n "+n, func(t *testing.T) {
+			t.Parallel()
+			cluster := consultest.Topology(t, consulagent.Topology{Servers: 1, Clients: 1})
+			c1 := cluster.Clients[0]
+			doneFile := filepath.Join(t.TempDir(), "done")
+			script := `while [ ! -e "` + doneFile + `" ]; do sleep 0.02; done; exit 3`
+			cmd, pid := startExec(t, script, "-http-addr", c1.HTTPAddr(), "-ttl", "10s", "-n", n, lockKey(t))
+			if err := c1.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			gone := when(func() bool { return !alive(pid) })
+			if err := os.WriteFile(doneFile, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code := cmd.wait(t, 30*time.Second)
+			exited := time.Now()
+			stopped := <-gone
+			t.Logf("consul-lock exited %v after its command, whose agent was dead", exited.Sub(stopped).Round(time.Millisecond))
+			if code != 3 || exited.Sub(stopped) > 3*time.Second {
+				t.Fatalf("consul-lock exited %d %v after its command, want the command's 3 within 3s (stderr: %s)", code, exited.Sub(stopped), cmd.errOut)
+			}
+			if !strings.Contains(cmd.errOut.String(), "could not release the lock") {
+				t.Errorf("consul-lock did not say that it could not release the lock; stderr: %s", cmd.errOut)
+			}
+			assertNoProcessGroup(t, pid)
+		})
+	}
+}
+
+// when polls cond every 5 ms from now on, and sends the time it first held.
+func when(cond func() bool) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	go func() {
+		for !cond() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		ch <- time.Now()
+	}()
+	return ch
+}
+
+// exists reports whether a file is at path.
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// alive reports whether process pid exists (consul-lock reaps its command
+// as soon as it exits).
+func alive(pid int) bool { return syscall.Kill(pid, 0) != syscall.ESRCH }
+
+// assertNoProcessGroup checks that nothing is left of the command's process
+// group, whose leader was pid.
+func assertNoProcessGroup(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(-pid, 0); err != syscall.ESRCH {
+		t.Fatalf("a process of the command's group (pgid %d) is still alive after consul-lock exited: %v", pid, err)
 	}
 }

@@ -4,7 +4,7 @@
 //	consul-lock status [-json] [-watch] KEY             who holds a lock, and who waits
 //	consul-lock list [-json] [PREFIX]                   the locks and semaphores held now
 //	consul-lock release [-yes] KEY                      force-release a lock
-//	consul-lock dev                                     a local Consul for trying it out
+//	consul-lock dev [-servers N] [-clients M]           a local Consul (or cluster) for trying it out
 //	consul-lock demo                                    watch processes take turns
 //	consul-lock bench                                   measure, side by side with consul/api
 //	consul-lock version [-json]                         what to put in a bug report
@@ -58,7 +58,7 @@ var commands = []command{
 	{"status", "show who holds a lock", runStatus},
 	{"list", "list the locks held now", runList},
 	{"release", "force-release a lock whose holder is gone", runRelease},
-	{"dev", "run the pinned Consul as a local dev agent until interrupted", runDev},
+	{"dev", "run a local Consul dev agent, or a cluster (-servers, -clients), until interrupted", runDev},
 	{"demo", "watch processes take turns on one lock", runDemo},
 	{"bench", "measure lock cycles against consul/api's Lock and the raw-KV floor", runBench},
 	{"version", "print the versions of consul-lock, its Go and the Consul it starts", runVersion},

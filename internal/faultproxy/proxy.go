@@ -56,6 +56,8 @@ type Proxy struct {
 	maxWait  int // the most ever in flight at once
 	rule     func(*http.Request) (Fault, bool)
 	paths    map[string]int // requests by method and path
+	cut      bool
+	conns    map[net.Conn]struct{} // the clients' connections open now
 }
 
 // Start listens on a free loopback port and forwards to the agent at
@@ -66,13 +68,13 @@ func Start(target string) (*Proxy, error) {
 		return nil, err
 	}
 	u := &url.URL{Scheme: "http", Host: target}
-	p := &Proxy{ln: ln, target: target, transport: &http.Transport{}, counts: map[Fault]int{}, paths: map[string]int{}}
+	p := &Proxy{ln: ln, target: target, transport: &http.Transport{}, counts: map[Fault]int{}, paths: map[string]int{}, conns: map[net.Conn]struct{}{}}
 	p.forward = httputil.NewSingleHostReverseProxy(u)
 	p.forward.Transport = p.transport
 	p.forward.FlushInterval = -1
 	quiet := log.New(io.Discard, "", 0) // cancelled requests are expected here
 	p.forward.ErrorLog = quiet
-	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ErrorLog: quiet}
+	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ErrorLog: quiet, ConnState: p.track}
 	go p.srv.Serve(ln)
 	return p, nil
 }
@@ -124,6 +126,40 @@ func (p *Proxy) SetLatency(d time.Duration) {
 	p.latency = d
 }
 
+// Cut drops every client connection open now, blocking queries in flight
+// included, and resets each later one until Mend: the client is cut off
+// from the agent, as if the agent were gone, while the agent runs.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	p.cut = true
+	conns := make([]net.Conn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// Mend ends a Cut.
+func (p *Proxy) Mend() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
+
+func (p *Proxy) track(c net.Conn, st http.ConnState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		p.conns[c] = struct{}{}
+	case http.StateHijacked, http.StateClosed:
+		delete(p.conns, c)
+	}
+}
+
 // Counts returns how many requests met each fault so far.
 func (p *Proxy) Counts() map[Fault]int {
 	p.mu.Lock()
@@ -162,6 +198,9 @@ func (p *Proxy) drawFault(r *http.Request) (Fault, time.Duration) {
 		if rf, ok := p.rule(r); ok {
 			f, ruled = rf, true
 		}
+	}
+	if p.cut {
+		f, ruled = ResetBefore, true
 	}
 	if !ruled && len(p.kinds) > 0 && rand.Float64() < p.rate {
 		f = p.kinds[rand.IntN(len(p.kinds))]

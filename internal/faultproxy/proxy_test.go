@@ -77,3 +77,52 @@ func TestFaults(t *testing.T) {
 		t.Errorf("counts %v", counts)
 	}
 }
+
+// Cut drops a request in flight (a blocking query, here one the server
+// holds) and resets later ones, while the server runs; Mend ends it.
+func TestCut(t *testing.T) {
+	release := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("index") != "" {
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer backend.Close()
+	defer close(release)
+	p, err := Start(strings.TrimPrefix(backend.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	defer client.CloseIdleConnections()
+	get := func(query string) error {
+		resp, err := client.Get("http://" + p.Addr() + "/v1/kv/x" + query)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	blocked := make(chan error, 1)
+	go func() { blocked <- get("?index=5") }()
+	for now, _ := p.BlockingInFlight(); now == 0; now, _ = p.BlockingInFlight() {
+		time.Sleep(time.Millisecond)
+	}
+	p.Cut()
+	select {
+	case err := <-blocked:
+		if err == nil {
+			t.Fatal("the request in flight got an answer through a cut")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request in flight was not dropped by Cut")
+	}
+	if get("") == nil {
+		t.Fatal("a request after Cut got an answer")
+	}
+	p.Mend()
+	if err := get(""); err != nil {
+		t.Fatalf("after Mend: %v", err)
+	}
+}
