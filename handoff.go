@@ -16,9 +16,10 @@ import (
 
 // giveOn gives back key, which session holds at token: to the first
 // contender in line, if this process knows of one, else by deleting it.
-// queue is the line as the take saw it, if known.
-func giveOn(ctx context.Context, c conn, key, session string, token uint64, queue []contender) error {
-	if handed, err := handOver(ctx, c, key, session, token, queue); err != nil || handed {
+// queue is the line as the take saw it, if known; contended says that
+// others wanted the key during the hold (see handOver).
+func giveOn(ctx context.Context, c conn, key, session string, token uint64, queue []contender, contended bool) error {
+	if handed, err := handOver(ctx, c, key, session, token, queue, contended); err != nil || handed {
 		return err
 	}
 	err := giveBackKey(ctx, c, key, session, token)
@@ -33,12 +34,15 @@ func giveOn(ctx context.Context, c conn, key, session string, token uint64, queu
 // and queue, the line as the take saw it), in one transaction. It reports
 // false when it knows of none, or the one it knew of has left: the caller
 // gives the key back instead.
-func handOver(ctx context.Context, c conn, key, session string, token uint64, queue []contender) (bool, error) {
-	next, ok := contender{}, false
-	if h := hubOf(c); h != nil {
-		next, ok = h.successor(key, session, token, queue)
-	} else {
-		next, ok = firstOther(queue, session)
+//
+// A contended hold that knows of nobody reads the line first. Its view
+// may predate the newest enqueue (a short hold is not watched), and a key
+// given back then costs two writes where a handoff costs one: the delete,
+// and the take of the waiter it wakes. The read is no consensus write.
+func handOver(ctx context.Context, c conn, key, session string, token uint64, queue []contender, contended bool) (bool, error) {
+	next, ok := successorOf(c, key, session, token, queue)
+	if !ok && contended {
+		next, ok = firstOther(readLine(ctx, c, key), session)
 	}
 	if !ok {
 		return false, nil
@@ -73,6 +77,28 @@ func handOver(ctx context.Context, c conn, key, session string, token uint64, qu
 		return false, fmt.Errorf("hand over: %w", consulError(err))
 	}
 	return handed, nil
+}
+
+// successorOf is the first contender for key, other than session's, in
+// the newest view this process has of the line.
+func successorOf(c conn, key, session string, token uint64, queue []contender) (contender, bool) {
+	if h := hubOf(c); h != nil {
+		return h.successor(key, session, token, queue)
+	}
+	return firstOther(queue, session)
+}
+
+// readLine reads the line for key once, as a hint: nil if it fails.
+func readLine(ctx context.Context, c conn, key string) []contender {
+	var pairs api.KVPairs
+	err := c.call(ctx, func() (err error) {
+		pairs, _, err = c.c.KV().List(queuePrefix(key), c.query(ctx, api.QueryOptions{}))
+		return err
+	})
+	if err != nil {
+		return nil
+	}
+	return contendersIn(pairs)[key]
 }
 
 // firstOther is the first contender in queue not of session exclude.

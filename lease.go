@@ -77,7 +77,7 @@ func (l *Lease) release(ctx context.Context, h *held) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
 	start := time.Now()
-	err := giveOn(ctx, l.lk.conn, h.key, h.sess.id, h.token, h.queue)
+	err := giveOn(ctx, l.lk.conn, h.key, h.sess.id, h.token, h.queue, h.eager)
 	l.lk.gaveBack(l.slot, time.Since(start))
 	return err
 }

@@ -333,10 +333,30 @@ func TestConsensusWritesPerCycle(t *testing.T) {
 	wg.Wait()
 	// Each Locker's session, created once, is paid for over the cycles.
 	contended := float64(raftIndex(t, c)-before-2) / cycles
-	t.Logf("consensus writes per lock cycle: Locker %.2f, EphemeralLock %.2f, two processes taking turns %.2f", locker, ephemeral, contended)
+	// Four processes with no hold at all: a hold that short is not
+	// watched, so the holder's view of the line may predate the newest
+	// enqueue; its release reads the line rather than give the key back
+	// for the waiter to take with a write more.
+	quick := make([]*consullock.Locker, 4)
+	for i := range quick {
+		quick[i] = newLocker(t, consultest.ClientOf(t, agent), consullock.WithAcquireTimeout(time.Minute))
+	}
+	before = raftIndex(t, c)
+	for _, x := range quick {
+		wg.Go(func() {
+			for range cycles / 2 {
+				if err := x.Hold(ctx, "q", func(context.Context) error { return nil }); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	noHold := float64(raftIndex(t, c)-before-uint64(len(quick))) / float64(len(quick)*cycles/2)
+	t.Logf("consensus writes per lock cycle: Locker %.2f, EphemeralLock %.2f, two processes taking turns %.2f, four with no hold %.2f", locker, ephemeral, contended, noHold)
 	// Consul writes a little on its own (coordinates, autopilot): allow 0.1.
-	if locker < 2 || locker > 2.1 || ephemeral < 3 || ephemeral > 3.1 || contended > 2.1 {
-		t.Fatalf("writes per cycle: Locker %.2f, EphemeralLock %.2f, contended %.2f; want 2, 3 and at most 2", locker, ephemeral, contended)
+	if locker < 2 || locker > 2.1 || ephemeral < 3 || ephemeral > 3.1 || contended > 2.1 || noHold > 2.1 {
+		t.Fatalf("writes per cycle: Locker %.2f, EphemeralLock %.2f, contended %.2f and %.2f; want 2, 3 and at most 2", locker, ephemeral, contended, noHold)
 	}
 }
 

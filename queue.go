@@ -410,7 +410,7 @@ func (q *place) leaveWith(me string, s *session) {
 		var pair *api.KVPair
 		pair, err = readKey(ctx, q.a.conn, q.key)
 		if err == nil && pair != nil && pair.Session == s.id {
-			err = giveOn(ctx, q.a.conn, q.key, s.id, pair.ModifyIndex, nil)
+			err = giveOn(ctx, q.a.conn, q.key, s.id, pair.ModifyIndex, nil, true)
 		}
 	}
 	if err != nil {
