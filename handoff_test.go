@@ -32,7 +32,8 @@ func queued(t *testing.T, c *api.Client, key string, n int) []*api.KVPair {
 // A release hands the key to the waiter of another process in one consensus
 // write, and the waiter holds it without a write of its own: its lease's
 // token is the index of that write, its session holds the key with its own
-// value, and its contender key is gone.
+// value, and its contender key is gone. A waiter of one session uses one
+// contender key name at every turn.
 func TestReleaseHandsTheKeyOverInOneWrite(t *testing.T) {
 	t.Parallel()
 	agent := consultest.DevAgent(t)
@@ -43,6 +44,7 @@ func TestReleaseHandsTheKeyOverInOneWrite(t *testing.T) {
 		consullock.WithValue(func() []byte { return []byte("the waiter's") }))
 	const rounds = 20
 	var writes uint64
+	names := map[string]bool{}
 	for range rounds {
 		held, err := holder.Acquire(ctx, "k")
 		if err != nil {
@@ -56,7 +58,7 @@ func TestReleaseHandsTheKeyOverInOneWrite(t *testing.T) {
 			}
 			got <- l
 		}()
-		queued(t, direct, "locks/ephemeral/k", 1)
+		names[queued(t, direct, "locks/ephemeral/k", 1)[0].Key] = true
 		consultest.Eventually(t, 5*time.Second, "the holder sees the waiter in line", func() bool { return consullock.KnowsWaiter(held) })
 		before := raftIndex(t, direct)
 		if err := held.Release(ctx); err != nil {
@@ -82,6 +84,11 @@ func TestReleaseHandsTheKeyOverInOneWrite(t *testing.T) {
 	// Consul writes a little on its own (coordinates, autopilot): allow 0.1.
 	if perHandoff := float64(writes) / rounds; perHandoff > 1.1 {
 		t.Fatalf("%.2f consensus writes from a release to the waiter holding the key, want 1", perHandoff)
+	}
+	// Each name deleted leaves Consul a tombstone that every list of the
+	// key reads until it is reaped (15 minutes): one session, one name.
+	if len(names) != 1 {
+		t.Fatalf("the waiter's %d turns in line used %d contender key names, want one: %v", rounds, len(names), names)
 	}
 }
 

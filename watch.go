@@ -106,7 +106,7 @@ type watchGroup struct {
 	cancel  context.CancelFunc
 	idle    *time.Timer   // cancels the query once the group has lingered unneeded
 	wake    chan struct{} // an eager watcher joined: stop pausing
-	gone    bool          // its prefix is a contender key, now deleted for good
+	gone    bool          // its prefix is a contender key, now deleted: its watch is over
 }
 
 var hubs = struct {
@@ -225,7 +225,7 @@ func (h *hub) prefixFor(key string) string {
 func (h *hub) covering(key string) *watchGroup {
 	var best *watchGroup
 	for g := range h.groups {
-		if !g.retired && len(g.prefix) <= len(key) && key[:len(g.prefix)] == g.prefix && (best == nil || len(g.prefix) > len(best.prefix)) {
+		if !g.retired && !g.gone && len(g.prefix) <= len(key) && key[:len(g.prefix)] == g.prefix && (best == nil || len(g.prefix) > len(best.prefix)) {
 			best = g
 		}
 	}
@@ -391,7 +391,8 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 		b = backoff{}
 		h.deliver(g, pairs, nextIndex(index, meta.LastIndex))
 		if contender && !slices.ContainsFunc(pairs, func(p *api.KVPair) bool { return p.Key == g.prefix }) {
-			// A contender key never comes back (its name is unique): the
+			// A contender key gone ends its watchers' wait (if it comes
+			// back, it is a later turn, at the end of the line): the
 			// watch ends with its answer rather than with a cancelled
 			// query, whose slot the agent would keep for the wait time.
 			h.mu.Lock()

@@ -56,7 +56,7 @@ const (
 )
 
 // queueMark is what the library puts between a lock's key and its waiters'
-// contender keys: KEY.queue/<session>-<nonce>.
+// contender keys: KEY.queue/<session>-<8 digits>.
 const queueMark = ".queue/"
 
 // slotKey matches a semaphore's slot keys, KEY/slot-N.
