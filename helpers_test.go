@@ -114,17 +114,7 @@ func proxiedClient(t *testing.T, addr string) (*api.Client, *faultproxy.Proxy) {
 
 // clientAt returns a client of its own for the agent at addr: locks built
 // on different clients share no watch, as in different processes.
-func clientAt(t *testing.T, addr string) *api.Client {
-	t.Helper()
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	return c
-}
+func clientAt(t *testing.T, addr string) *api.Client { return consultest.ClientAt(t, addr) }
 
 // overlapDetector counts critical sections that ran at the same time.
 type overlapDetector struct {

@@ -218,13 +218,7 @@ func addrOf(rows []agentRow, name string) string {
 // that it belongs to node, and destroys it.
 func assertSessionOnNode(t *testing.T, addr, node string) {
 	t.Helper()
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cfg.Transport.CloseIdleConnections()
+	c := consultest.ClientAt(t, addr)
 	id, _, err := c.Session().Create(&api.SessionEntry{Name: t.Name(), TTL: "10s"}, nil)
 	if err != nil {
 		t.Fatalf("create a session through %s (%s): %v", node, addr, err)

@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/bench"
 	"github.com/consullock/consullock/internal/consultest"
@@ -140,13 +138,7 @@ func TestDevStartsAndStopsAnAgent(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("dev printed %q (%v), want the export line", line, err)
 	}
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cfg.Transport.CloseIdleConnections()
+	c := consultest.ClientAt(t, addr)
 	if leader, err := c.Status().Leader(); err != nil || leader == "" {
 		t.Fatalf("the dev agent at %s has no leader: %q %v", addr, leader, err)
 	}

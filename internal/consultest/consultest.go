@@ -205,6 +205,21 @@ func client(tb testing.TB, a *consulagent.Agent) *api.Client {
 // when the test ends.
 func ClientOf(tb testing.TB, a *consulagent.Agent) *api.Client { return client(tb, a) }
 
+// ClientAt returns a client of its own for the agent at addr (an agent the
+// test did not start through this package, or a proxy in front of one),
+// whose idle connections are closed when the test ends.
+func ClientAt(tb testing.TB, addr string) *api.Client {
+	tb.Helper()
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = addr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		tb.Fatalf("consultest: client for %s: %v", addr, err)
+	}
+	tb.Cleanup(cfg.Transport.CloseIdleConnections)
+	return c
+}
+
 // DevAgent starts a dev agent of the test's own, for tests that stop,
 // freeze or restart it, or that need ACLs or TLS (set by configure); it is
 // killed when the test ends.
