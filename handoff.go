@@ -50,6 +50,9 @@ func handOver(ctx context.Context, c conn, key, session string, token uint64, qu
 	ops := api.KVTxnOps{
 		{Verb: api.KVCheckIndex, Key: key, Index: token},
 		{Verb: api.KVCheckSession, Key: next.key, Session: next.session},
+		// The turn seen, not a later one of the same session under the
+		// same name (queue.go, contenderKey), which waits elsewhere.
+		{Verb: api.KVCheckIndex, Key: next.key, Index: next.index},
 		{Verb: api.KVUnlock, Key: key, Session: session},
 		{Verb: api.KVLock, Key: key, Value: next.value, Flags: next.flags, Session: next.session},
 		{Verb: api.KVDelete, Key: next.key},

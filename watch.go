@@ -389,15 +389,7 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 			continue
 		}
 		b = backoff{}
-		h.deliver(g, pairs, nextIndex(index, meta.LastIndex))
-		if contender && !slices.ContainsFunc(pairs, func(p *api.KVPair) bool { return p.Key == g.prefix }) {
-			// A contender key gone ends its watchers' wait (if it comes
-			// back, it is a later turn, at the end of the line): the
-			// watch ends with its answer rather than with a cancelled
-			// query, whose slot the agent would keep for the wait time.
-			h.mu.Lock()
-			g.gone = true
-			h.mu.Unlock()
+		if h.deliver(g, pairs, nextIndex(index, meta.LastIndex)) {
 			return
 		}
 		// A wide prefix answers with many keys: pace its queries so that
@@ -411,8 +403,12 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 }
 
 // deliver records an answer of g's and tells each watcher whose view it
-// is as new as of a change of its key.
-func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
+// is as new as of a change of its key. It reports whether the answer ends
+// g: a contender key gone ends its watchers' wait (if it comes back, it is
+// a later turn, at the end of the line), and the watch ends with its answer
+// rather than with a cancelled query, whose slot the agent would keep for
+// the wait time. Watchers that joined for the later turn start over (drop).
+func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) (gone bool) {
 	type told struct {
 		sub *subscription
 		st  keyState
@@ -421,7 +417,7 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
 	h.mu.Lock()
 	if g.retired {
 		h.mu.Unlock()
-		return
+		return false
 	}
 	g.index, g.at = index, time.Now()
 	g.last = make(map[string]keyState, len(pairs))
@@ -438,10 +434,13 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) {
 	if len(g.subs) > splitAbove {
 		h.split(g)
 	}
+	g.gone = isContenderKey(g.prefix) && !slices.ContainsFunc(pairs, func(p *api.KVPair) bool { return p.Key == g.prefix })
+	gone = g.gone
 	h.mu.Unlock()
 	for _, t := range tell {
 		t.sub.changed(t.st)
 	}
+	return gone
 }
 
 // split replaces a large group by one group per next character of its
@@ -506,11 +505,15 @@ func (h *hub) drop(g *watchGroup) {
 	if g.idle != nil {
 		g.idle.Stop()
 	}
-	if len(g.subs) > 0 && !g.retired && !g.gone { // still needed (its query failed for good): start over
-		subs := make([]*subscription, 0, len(g.subs))
-		for sub := range g.subs {
+	// Still needed: its query failed for good, or its contender key went
+	// while watchers of the key's next turn joined. Start over for them.
+	var subs []*subscription
+	for sub := range g.subs {
+		if !g.gone || sub.known > g.index {
 			subs = append(subs, sub)
 		}
+	}
+	if len(subs) > 0 && !g.retired {
 		h.start(g.prefix, subs)
 		return
 	}
