@@ -66,8 +66,8 @@ func (a *attempt) contend(ctx context.Context) (*session, []uint64, error) {
 			switch {
 			case err != nil:
 				return nil, nil, err
-			case token != 0:
-				a.sent, a.eager = time.Now(), true
+			case token != 0: // handed over: the line behind is as last listed
+				a.sent, a.eager, a.queue = time.Now(), true, a.q.behind
 				return s, []uint64{token}, nil
 			}
 			// Free with this waiter first in line: take it.

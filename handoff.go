@@ -3,6 +3,7 @@ package consullock
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -44,42 +45,65 @@ func handOver(ctx context.Context, c conn, key, session string, token uint64, qu
 	if !ok && contended {
 		next, ok = firstOther(readLine(ctx, c, key), session)
 	}
-	if !ok {
-		return false, nil
+	// A contender this process knew of may have left since: the line read
+	// then names the next one, which costs a read rather than the second
+	// write of a key given back and taken.
+	for tries := 0; ok; tries++ {
+		handed, left, err := handTo(ctx, c, key, session, token, next)
+		if err != nil || handed || !left || tries == maxHandTries-1 {
+			return handed, err
+		}
+		next, ok = firstOther(slices.DeleteFunc(readLine(ctx, c, key), func(c contender) bool {
+			return c.key == next.key && c.index == next.index
+		}), session)
 	}
+	return false, nil
+}
+
+// lineReadTimeout bounds a read of the line at a release.
+const lineReadTimeout = time.Second
+
+// maxHandTries bounds the contenders one release tries to hand its key to.
+const maxHandTries = 3
+
+// handTo hands key, which session holds at token, to contender next in one
+// transaction. left reports that it did not because next has left the line.
+func handTo(ctx context.Context, c conn, key, session string, token uint64, next contender) (handed, left bool, err error) {
 	ops := api.KVTxnOps{
 		{Verb: api.KVCheckIndex, Key: key, Index: token},
-		{Verb: api.KVCheckSession, Key: next.key, Session: next.session},
-		// The turn seen, not a later one of the same session under the
-		// same name (queue.go, contenderKey), which waits elsewhere.
+		// The contender key as seen: still held by next's session, whose
+		// end would have changed or deleted it, and the turn seen, not a
+		// later one of the same session under the same name (queue.go,
+		// contenderKey), which waits elsewhere. (A delete-cas would not
+		// do: Consul counts the delete of a missing key as done.)
 		{Verb: api.KVCheckIndex, Key: next.key, Index: next.index},
 		{Verb: api.KVUnlock, Key: key, Session: session},
 		{Verb: api.KVLock, Key: key, Value: next.value, Flags: next.flags, Session: next.session},
 		{Verb: api.KVDelete, Key: next.key},
 	}
-	var handed bool
-	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
+	err = retry(ctx, time.Now().Add(cleanupTimeout), func() error {
 		ok, resp, err := kvTxn(ctx, c, ops)
 		switch {
 		case err != nil:
 			return err
 		case ok:
-			handed = true
+			handed, left = true, false
 			note(c, key, keyState{exists: true, session: next.session, index: lastIndexOf(resp, key)})
 			return nil
 		case len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0:
 			// The key is not as the holder left it: if a try whose answer
 			// was lost handed it over, it is the contender's now.
 			pair, err := readKey(ctx, c, key)
-			handed = err == nil && pair != nil && pair.Session == next.session
+			handed, left = err == nil && pair != nil && pair.Session == next.session, false
 			return err
 		}
-		return nil // the contender left
+		left = true
+		return nil
 	})
 	if err != nil {
-		return false, fmt.Errorf("hand over: %w", consulError(err))
+		return false, false, fmt.Errorf("hand over: %w", consulError(err))
 	}
-	return handed, nil
+	return handed, left, nil
 }
 
 // successorOf is the first contender for key, other than session's, in
@@ -91,8 +115,12 @@ func successorOf(c conn, key, session string, token uint64, queue []contender) (
 	return firstOther(queue, session)
 }
 
-// readLine reads the line for key once, as a hint: nil if it fails.
+// readLine reads the line for key once, as a hint: nil if it fails or
+// takes longer than lineReadTimeout, which keeps most of a release's
+// budget for the release itself when Consul is slow (in an election).
 func readLine(ctx context.Context, c conn, key string) []contender {
+	ctx, cancel := context.WithTimeout(ctx, lineReadTimeout)
+	defer cancel()
 	var pairs api.KVPairs
 	err := c.call(ctx, func() (err error) {
 		pairs, _, err = c.c.KV().List(queuePrefix(key), c.query(ctx, api.QueryOptions{}))

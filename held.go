@@ -88,7 +88,10 @@ func (h *held) start() {
 		h.timer = time.AfterFunc(time.Until(h.lifespan), h.expire)
 	}
 	h.mu.Unlock()
-	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, h.eager, h.seen)
+	// A hold that knows who comes next watches its key alone: it learns of
+	// no later arrival, which it would not hand the key to first anyway.
+	_, knowsNext := firstOther(h.queue, h.sess.id)
+	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, h.eager, knowsNext, h.seen)
 	h.mu.Lock()
 	ended := h.ended
 	if !ended {

@@ -18,9 +18,9 @@ import (
 // session (so that it vanishes with a dead process) and carrying the value
 // and flags it would take the key with. A holder that gives the key back
 // while contenders wait hands it to the first of them instead, in one
-// transaction that checks the holder's token and that the contender's
-// session still holds the contender key, then gives the key to that
-// session with that value and deletes the contender key. The successor
+// transaction that checks the holder's token and that the contender key is
+// as seen (the end of its session would have changed it), gives the key
+// to that session with that value, and deletes the contender key. The successor
 // learns that it holds the key from the watch it waits on, without a write
 // of its own: a handoff costs one consensus write on the critical path, as
 // with etcd's Mutex, and waiters of all processes are served in arrival
@@ -105,6 +105,7 @@ type place struct {
 	crowded bool        // this process saw others want the key a moment ago
 	known   uint64      // the index at which q.st was seen
 	ahead   []contender // the contenders ahead, in order, as last listed
+	behind  []contender // the contenders behind, in order, as last listed
 	sub     *subscription
 	news    *news
 }
@@ -216,7 +217,7 @@ func (q *place) next(ctx context.Context) error {
 		return q.refresh(ctx)
 	}
 	pred := q.ahead[len(q.ahead)-1]
-	if err := q.await(ctx, watchKey(q.a.conn, pred.key, keyState{exists: true, session: pred.session, index: pred.index}, true, q.tell())); err != nil {
+	if err := q.await(ctx, watchKey(q.a.conn, pred.key, keyState{exists: true, session: pred.session, index: pred.index}, true, true, q.tell())); err != nil {
 		return err
 	}
 	q.unwatch()
@@ -300,23 +301,32 @@ func (q *place) saw(st keyState, pairs api.KVPairs) {
 		}
 	}
 	if pairs != nil {
-		q.ahead = q.ahead[:0]
-		for _, c := range contendersIn(pairs)[q.key] {
-			if c.key == q.me {
-				break
-			}
-			q.ahead = append(q.ahead, c)
+		// By arrival, not by finding the contender key: a handoff to this
+		// waiter deleted it, and all in the line are then behind.
+		line := contendersIn(pairs)[q.key]
+		i := slices.IndexFunc(line, func(c contender) bool { return c.create >= q.at })
+		if i < 0 {
+			i = len(line)
 		}
+		q.ahead = append(q.ahead[:0], line[:i]...)
+		if i < len(line) && line[i].key == q.me {
+			i++
+		}
+		q.behind = slices.Clone(line[i:])
 	}
 	q.st = st
 	note(q.a.conn, q.key, keyState{exists: st.exists, session: st.session, index: st.index})
 }
 
-// nextAtHead waits for the watch to see the key or the queue change.
+// nextAtHead waits for the watch to see the key or the queue change. A
+// head that knows who comes after it watches the key alone: the handoff
+// it waits for is a change of the key, and at its release it hands the
+// key to the one it knows. One that knows of nobody also hears of the
+// arrivals behind it, so that it hands the key on rather than free it.
 func (q *place) nextAtHead(ctx context.Context) error {
 	if q.sub == nil || q.sub.contender == "" {
 		q.unwatch()
-		q.sub = watchQueue(q.a.conn, q.key, q.me, q.known, q.st, q.tell())
+		q.sub = watchQueue(q.a.conn, q.key, q.me, q.known, q.st, len(q.behind) > 0, q.tell())
 	}
 	if err := q.await(ctx, q.sub); err != nil {
 		return err

@@ -73,7 +73,7 @@ func (w *keyWatch) untilFree(ctx context.Context) error {
 	var mu sync.Mutex
 	var latest keyState
 	changed := make(chan struct{}, 1)
-	sub := watchKey(w.conn, w.key, keyState{exists: true, session: pair.Session, index: pair.ModifyIndex}, true, func(st keyState) {
+	sub := watchKey(w.conn, w.key, keyState{exists: true, session: pair.Session, index: pair.ModifyIndex}, true, true, func(st keyState) {
 		mu.Lock()
 		latest = st
 		mu.Unlock()

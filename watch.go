@@ -70,6 +70,12 @@ type subscription struct {
 	hub       *hub
 	since     time.Time // when the watch began
 	eager     bool      // a waiter's: watched at once, not after watchDelay
+	// keyOnly says that the watcher needs its key's state alone, not the
+	// key's line: a hold or a head of the line that knows who comes next,
+	// or a waiter watching the contender ahead. A group whose watchers
+	// all need no more than their one key asks for that key alone (see
+	// watchGroup.exact).
+	keyOnly bool
 }
 
 // hub holds the watch queries of one client and token.
@@ -107,6 +113,12 @@ type watchGroup struct {
 	idle    *time.Timer   // cancels the query once the group has lingered unneeded
 	wake    chan struct{} // an eager watcher joined: stop pausing
 	gone    bool          // its prefix is a contender key, now deleted: its watch is over
+	// exact says that the group's queries read its prefix as one key, not
+	// as a list: its watchers all watch that key and need nothing else.
+	// Such a query wakes only when the key changes, not at each arrival
+	// in its line, and answers with one key. A group that becomes exact
+	// stays so: a watcher that needs more joins another.
+	exact bool
 }
 
 var hubs = struct {
@@ -118,16 +130,19 @@ var hubs = struct {
 // expect on, that differs from expect and from the last one told, until the
 // returned subscription is cancelled. A hold's watch starts querying once
 // it is watchDelay old; an eager one (a waiter's) at once.
-func watchKey(c conn, key string, expect keyState, eager bool, changed func(keyState)) *subscription {
-	return subscribe(c, &subscription{key: key, known: expect.index, changed: changed, last: expect, eager: eager})
+// keyOnly says that the watcher needs nothing of the key's line.
+func watchKey(c conn, key string, expect keyState, eager, keyOnly bool, changed func(keyState)) *subscription {
+	return subscribe(c, &subscription{key: key, known: expect.index, changed: changed, last: expect, eager: eager, keyOnly: keyOnly})
 }
 
 // watchQueue is watchKey for a waiter whose contender key is contender,
 // which knew the key and its queue as expect at index known: it is told
 // of each change of the key's holder, of the queue's head, and of its own
-// place in the queue.
-func watchQueue(c conn, key, contender string, known uint64, expect keyState, changed func(keyState)) *subscription {
-	return subscribe(c, &subscription{key: key, contender: contender, known: known, changed: changed, last: expect, eager: true})
+// place in the queue. A head of the line that knows who comes after it
+// needs to hear of no later arrival (keyOnly): it is then told of changes
+// of the key alone, and its place is taken to stay as expect has it.
+func watchQueue(c conn, key, contender string, known uint64, expect keyState, keyOnly bool, changed func(keyState)) *subscription {
+	return subscribe(c, &subscription{key: key, contender: contender, known: known, changed: changed, last: expect, eager: true, keyOnly: keyOnly})
 }
 
 func subscribe(c conn, sub *subscription) *subscription {
@@ -181,14 +196,15 @@ func (sub *subscription) cancel() {
 // join puts sub in a group that covers its key, making one if needed.
 // h.mu is held.
 func (h *hub) join(sub *subscription) *watchGroup {
-	g := h.covering(sub.key)
+	g := h.covering(sub)
 	if g == nil {
 		if h.live() >= maxWatchQueries {
 			h.mergeClosest(sub.key)
-			g = h.covering(sub.key)
+			g = h.covering(sub)
 		}
 		if g == nil {
 			g = h.start(h.prefixFor(sub.key), nil)
+			g.exact = sub.keyOnly && g.prefix == sub.key
 		}
 	}
 	g.subs[sub] = struct{}{}
@@ -221,15 +237,43 @@ func (h *hub) prefixFor(key string) string {
 	return key[:len(best)+1]
 }
 
-// covering returns the live group with the longest prefix of key, or nil.
-func (h *hub) covering(key string) *watchGroup {
+// covering returns the live group with the longest prefix of sub's key
+// that tells sub what it needs, or nil.
+func (h *hub) covering(sub *subscription) *watchGroup {
 	var best *watchGroup
 	for g := range h.groups {
-		if !g.retired && !g.gone && len(g.prefix) <= len(key) && key[:len(g.prefix)] == g.prefix && (best == nil || len(g.prefix) > len(best.prefix)) {
+		if g.serves(sub) && (best == nil || len(g.prefix) > len(best.prefix)) {
 			best = g
 		}
 	}
 	return best
+}
+
+// serves reports whether g's queries tell sub what it needs. The hub's mu
+// is held.
+func (g *watchGroup) serves(sub *subscription) bool {
+	switch {
+	case g.retired || g.gone || !covers(g.prefix, sub.key):
+		return false
+	case g.exact:
+		return sub.keyOnly && sub.key == g.prefix
+	}
+	return true
+}
+
+// narrow makes g exact once all its watchers need its prefix's key alone:
+// a list wakes at each arrival in the key's line, which none of them needs
+// to hear of. The hub's mu is held.
+func (g *watchGroup) narrow() {
+	if g.exact || len(g.subs) == 0 {
+		return
+	}
+	for sub := range g.subs {
+		if !sub.keyOnly || sub.key != g.prefix {
+			return
+		}
+	}
+	g.exact = true
 }
 
 func (h *hub) live() int {
@@ -369,13 +413,13 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 			}
 		}
 		g.asked = index
+		g.narrow()
+		exact := g.exact
 		h.mu.Unlock()
 		if done {
 			return
 		}
-		pairs, meta, err := h.conn.c.KV().List(g.prefix, h.conn.query(ctx, api.QueryOptions{
-			WaitIndex: index, WaitTime: wait,
-		}))
+		pairs, last, err := h.read(ctx, g.prefix, exact, index, wait)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -389,7 +433,14 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 			continue
 		}
 		b = backoff{}
-		if h.deliver(g, pairs, nextIndex(index, meta.LastIndex)) {
+		next := nextIndex(index, last)
+		if exact {
+			// A key's index is its ModifyIndex, which may be older than
+			// the list index the query blocked from: the answer is as
+			// new as the later of the two.
+			next = max(index, last, 1)
+		}
+		if h.deliver(g, pairs, next) {
 			return
 		}
 		// A wide prefix answers with many keys: pace its queries so that
@@ -400,6 +451,27 @@ func (h *hub) follow(ctx context.Context, g *watchGroup) {
 			}
 		}
 	}
+}
+
+// read is one blocking query of a group: a list of prefix, or, exact, the
+// one key prefix. It returns the pairs and the answer's index.
+func (h *hub) read(ctx context.Context, prefix string, exact bool, index uint64, wait time.Duration) (api.KVPairs, uint64, error) {
+	q := h.conn.query(ctx, api.QueryOptions{WaitIndex: index, WaitTime: wait})
+	if !exact {
+		pairs, meta, err := h.conn.c.KV().List(prefix, q)
+		if err != nil {
+			return nil, 0, err
+		}
+		return pairs, meta.LastIndex, nil
+	}
+	pair, meta, err := h.conn.c.KV().Get(prefix, q)
+	if err != nil {
+		return nil, 0, err
+	}
+	if pair == nil {
+		return nil, meta.LastIndex, nil
+	}
+	return api.KVPairs{pair}, meta.LastIndex, nil
 }
 
 // deliver records an answer of g's and tells each watcher whose view it
@@ -424,7 +496,10 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) (gone bool
 	for _, p := range pairs {
 		g.last[p.Key] = keyState{exists: true, session: p.Session, index: p.ModifyIndex}
 	}
-	g.queues = contendersIn(pairs)
+	g.queues = nil
+	if !g.exact {
+		g.queues = contendersIn(pairs)
+	}
 	for sub := range g.subs {
 		if st := g.stateFor(sub); index >= sub.known && st != sub.last {
 			sub.last = st
@@ -526,7 +601,11 @@ func (h *hub) drop(g *watchGroup) {
 // mu is held.
 func (g *watchGroup) stateFor(sub *subscription) keyState {
 	st := g.last[sub.key]
-	if sub.contender != "" {
+	switch {
+	case sub.contender == "":
+	case g.exact: // no word of the line: the place is as last known
+		st.head, st.queued = sub.last.head, sub.last.queued
+	default:
 		st.head, st.queued = queuePlace(g.queues[sub.key], sub.contender)
 	}
 	return st
@@ -555,7 +634,7 @@ func (h *hub) successor(key, exclude string, index uint64, queue []contender) (c
 	defer h.mu.Unlock()
 	newest := index
 	for g := range h.groups {
-		if !g.retired && g.index != 0 && covers(g.prefix, key) && g.index >= newest {
+		if g.tellsLine(key) && g.index >= newest {
 			queue, newest = g.queues[key], g.index
 		}
 	}
@@ -565,6 +644,12 @@ func (h *hub) successor(key, exclude string, index uint64, queue []contender) (c
 	return firstOther(queue, exclude)
 }
 
+// tellsLine reports whether g's last answer says who waits for key. The
+// hub's mu is held.
+func (g *watchGroup) tellsLine(key string) bool {
+	return !g.retired && !g.exact && g.index != 0 && covers(g.prefix, key)
+}
+
 // holderOf returns key's state as this process saw it last, from its own
 // writes or from an answer of a watch, and whether contenders were waiting
 // then: a hint of whether a take would find the key held or jump the
@@ -572,10 +657,13 @@ func (h *hub) successor(key, exclude string, index uint64, queue []contender) (c
 func (h *hub) holderOf(key string) (st keyState, waiting, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var newest time.Time
+	var newest, newestLine time.Time
 	for g := range h.groups {
 		if !g.retired && g.index != 0 && covers(g.prefix, key) && g.at.After(newest) {
-			st, waiting, newest, ok = g.last[key], len(g.queues[key]) > 0, g.at, true
+			st, newest, ok = g.last[key], g.at, true
+		}
+		if g.tellsLine(key) && g.at.After(newestLine) {
+			waiting, newestLine = len(g.queues[key]) > 0, g.at
 		}
 	}
 	if n, found := h.noted[key]; found && (n.at.After(newest) || n.releasedBy != "" && st.session == n.releasedBy) {
