@@ -414,3 +414,51 @@ func TestUnitAbandonLeavesAnInvalidatedSessionAlone(t *testing.T) {
 	default:
 	}
 }
+
+// A group asks for its prefix as one key only while every watcher needs
+// that key alone; a watcher that needs the line never joins such a group.
+func TestUnitExactGroups(t *testing.T) {
+	t.Parallel()
+	hold := &subscription{key: "locks/k", keyOnly: true}
+	head := &subscription{key: "locks/k", contender: "locks/k.queue/s-00000000"}
+	other := &subscription{key: "locks/k2", keyOnly: true}
+	g := &watchGroup{prefix: "locks/k", subs: map[*subscription]struct{}{hold: {}, head: {}}}
+	g.narrow()
+	if g.exact {
+		t.Fatal("a group with a watcher of the line became exact")
+	}
+	if !g.serves(head) || !g.serves(hold) || !g.serves(other) {
+		t.Error("a list group serves every key under its prefix")
+	}
+	delete(g.subs, head)
+	g.narrow()
+	if !g.exact {
+		t.Fatal("a group of holds of its own key did not become exact")
+	}
+	if g.serves(head) || g.serves(other) || !g.serves(hold) {
+		t.Error("an exact group serves watchers of its key that need nothing else, and no others")
+	}
+	g.last = map[string]keyState{"locks/k": {exists: true, session: "b", index: 9}}
+	head.last = keyState{head: head.contender, queued: true}
+	if st := g.stateFor(head); st.head != head.contender || !st.queued || st.session != "b" {
+		t.Errorf("an exact answer keeps the watcher's place as last known: %+v", st)
+	}
+}
+
+// A waiter's view of the line is by arrival: a handoff deleted its
+// contender key, and all in the line are then behind it.
+func TestUnitPlaceByArrival(t *testing.T) {
+	t.Parallel()
+	pair := func(s string, create uint64) *api.KVPair {
+		return &api.KVPair{Key: contenderKey("k", s), Session: s, CreateIndex: create, ModifyIndex: create}
+	}
+	q := &place{a: &attempt{}, key: "k", me: contenderKey("k", "me"), at: 20, by: &session{id: "me"}}
+	q.saw(keyState{exists: true, session: "x", index: 5}, api.KVPairs{pair("a", 10), pair("me", 20), pair("c", 30)})
+	if len(q.ahead) != 1 || q.ahead[0].session != "a" || len(q.behind) != 1 || q.behind[0].session != "c" {
+		t.Errorf("in line: ahead %v, behind %v", q.ahead, q.behind)
+	}
+	q.saw(keyState{exists: true, session: "me", index: 40}, api.KVPairs{pair("c", 30), pair("d", 35)})
+	if len(q.ahead) != 0 || len(q.behind) != 2 {
+		t.Errorf("handed the key: ahead %v, behind %v", q.ahead, q.behind)
+	}
+}
