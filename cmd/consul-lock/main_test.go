@@ -70,17 +70,38 @@ func lockKey(t *testing.T) string {
 }
 
 // assertGone checks that Consul has neither the lock's key nor a session
-// that consullock made for it.
+// that consullock made for it, and says what is left if it does.
 func assertGone(t *testing.T, c *api.Client, key string) {
 	t.Helper()
 	full := "locks/ephemeral/" + key
-	consultest.Eventually(t, 5*time.Second, "no key and no session left for "+full, func() bool {
-		pair, _, err := c.KV().Get(full, nil)
-		if err != nil || pair != nil {
-			return false
+	var left string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left = leftFor(t, c, full)
+		if left == "" {
+			return
 		}
-		return countSessions(t, c, full) == 0
-	})
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 5s: no key and no session left for %s; left: %s", full, left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// leftFor describes the key fullKey and the sessions made for it, if any.
+func leftFor(t *testing.T, c *api.Client, fullKey string) string {
+	t.Helper()
+	pair, _, err := c.KV().Get(fullKey, nil)
+	switch {
+	case err != nil:
+		return err.Error()
+	case pair != nil:
+		return fmt.Sprintf("the key, held by session %q, value %q", pair.Session, pair.Value)
+	}
+	if n := countSessions(t, c, fullKey); n > 0 {
+		return fmt.Sprintf("%d sessions", n)
+	}
+	return ""
 }
 
 func countSessions(t *testing.T, c *api.Client, fullKey string) int {
