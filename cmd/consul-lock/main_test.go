@@ -74,18 +74,7 @@ func lockKey(t *testing.T) string {
 func assertGone(t *testing.T, c *api.Client, key string) {
 	t.Helper()
 	full := "locks/ephemeral/" + key
-	var left string
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left = leftFor(t, c, full)
-		if left == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 5s: no key and no session left for %s; left: %s", full, left)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	consultest.Settles(t, 5*time.Second, "no key and no session left for "+full, func() string { return leftFor(t, c, full) })
 }
 
 // leftFor describes the key fullKey and the sessions made for it, if any.

@@ -268,10 +268,26 @@ func Topology(tb testing.TB, t consulagent.Topology) *consulagent.Cluster {
 // test with msg when it does not within d.
 func Eventually(tb testing.TB, d time.Duration, msg string, cond func() bool) {
 	tb.Helper()
+	Settles(tb, d, msg, func() string {
+		if cond() {
+			return ""
+		}
+		return "not yet"
+	})
+}
+
+// Settles waits until check reports nothing left to say (""), polling, and
+// fails the test with msg and check's last words if that takes longer than d.
+func Settles(tb testing.TB, d time.Duration, msg string, check func() string) {
+	tb.Helper()
 	deadline := time.Now().Add(d)
-	for !cond() {
+	for {
+		left := check()
+		if left == "" {
+			return
+		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("not within %v: %s", d, msg)
+			tb.Fatalf("not within %v: %s (%s)", d, msg, left)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
