@@ -254,6 +254,11 @@ type Result struct {
 	// MaxWait is the longest wait for the lock: from an acquire call to
 	// the lock held.
 	MaxWait time.Duration `json:"max_wait_ns"`
+	// MostTurns is the most acquires of others that came between one
+	// acquire call and its lock held: the worst wait counted in turns,
+	// which a stall of the machine does not lengthen as it does a wait in
+	// time. In arrival order it stays below the number of workers.
+	MostTurns int `json:"most_turns"`
 	// MinShare is the fewest cycles a worker completed, over the mean of
 	// all workers': 1 when every worker got its share, near 0 when one
 	// starved.
@@ -438,6 +443,7 @@ func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds flo
 		}
 		slices.Sort(handoffs)
 		res.HandoffP50 = Percentile(handoffs, 50)
+		res.MostTurns = mostTurns(all)
 	}
 	res.PerSecond = float64(res.Cycles) / seconds
 	res.P50, res.P99, res.Max = Percentile(res.Latencies, 50), Percentile(res.Latencies, 99), Percentile(res.Latencies, 100)
@@ -446,6 +452,17 @@ func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds flo
 		res.AttemptsPerAcquire = float64(attempts) / float64(acquires)
 	}
 	return res
+}
+
+// mostTurns is the most cycles of all, sorted by Acquired, that were
+// acquired while one of them waited: after its Start, before its Acquired.
+func mostTurns(all []Cycle) int {
+	most := 0
+	for i, cy := range all {
+		first, _ := slices.BinarySearchFunc(all[:i], cy.Start, func(c Cycle, t int64) int { return cmp.Compare(c.Acquired, t) })
+		most = max(most, i-first)
+	}
+	return most
 }
 
 // Percentile returns the p-th percentile of sorted durations, or 0.

@@ -49,3 +49,27 @@ func TestRunMeasuresEveryImpl(t *testing.T) {
 		t.Fatalf("PlotSVG: %v", err)
 	}
 }
+
+// The worst wait in turns counts the acquires of others between a wait's
+// start and its lock held: three workers taking turns in order wait two
+// turns each, and a worker overtaken by two turns of another waits more.
+func TestUnitMostTurns(t *testing.T) {
+	cycle := func(start, acquired int64) bench.Cycle {
+		return bench.Cycle{Start: start, Acquired: acquired, Released: acquired + 1, End: acquired + 2}
+	}
+	inTurn := [][]bench.Cycle{
+		{cycle(0, 10), cycle(12, 40)},
+		{cycle(1, 20), cycle(22, 50)},
+		{cycle(2, 30), cycle(32, 60)},
+	}
+	if got := bench.Merge("x", inTurn, 0, 0, 1).MostTurns; got != 2 {
+		t.Errorf("three workers in turn: most turns %d, want 2", got)
+	}
+	overtaken := [][]bench.Cycle{
+		{cycle(0, 10), cycle(11, 20), cycle(21, 30)},
+		{cycle(1, 40)},
+	}
+	if got := bench.Merge("x", overtaken, 0, 0, 1).MostTurns; got != 3 {
+		t.Errorf("a wait overtaken three times: most turns %d, want 3", got)
+	}
+}
