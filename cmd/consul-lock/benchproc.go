@@ -88,7 +88,7 @@ func runBenchWorker(ctx context.Context, args []string, s stdio) error {
 		return usageError{fmt.Errorf("%s: bad arguments %q: %v", benchWorkerCommand, args, err)}
 	}
 	cfg := api.DefaultConfig()
-	cfg.Transport.MaxIdleConnsPerHost = 72
+	tune(cfg)
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return err
