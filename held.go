@@ -90,8 +90,10 @@ func (h *held) start() {
 	h.mu.Unlock()
 	// A hold that knows who comes next watches its key alone: it learns of
 	// no later arrival, which it would not hand the key to first anyway.
+	// Nor need it watch at once: its watch would serve the loss of the key
+	// alone, and in a short hold its first answer would be the release.
 	_, knowsNext := firstOther(h.queue, h.sess.id)
-	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, h.eager, knowsNext, h.seen)
+	sub := watchKey(h.conn, h.key, keyState{exists: true, session: h.sess.id, index: h.token}, h.eager && !knowsNext, knowsNext, h.seen)
 	h.mu.Lock()
 	ended := h.ended
 	if !ended {

@@ -179,7 +179,7 @@ func (q *place) wait(ctx context.Context) (*session, uint64, error) {
 			}
 		case q.blocked: // a take found the key held since q.st was seen
 			q.blocked = false
-			if err := q.refresh(ctx); err != nil {
+			if err := q.refresh(ctx, true); err != nil {
 				return nil, 0, err
 			}
 		}
@@ -214,14 +214,14 @@ func (q *place) next(ctx context.Context) error {
 		if err := q.farBehind(ctx, q.ahead[len(q.ahead)-watchedPlaces]); err != nil {
 			return err
 		}
-		return q.refresh(ctx)
+		return q.refresh(ctx, false)
 	}
 	pred := q.ahead[len(q.ahead)-1]
 	if err := q.await(ctx, watchKey(q.a.conn, pred.key, keyState{exists: true, session: pred.session, index: pred.index}, true, true, q.tell())); err != nil {
 		return err
 	}
 	q.unwatch()
-	return q.refresh(ctx)
+	return q.refresh(ctx, false)
 }
 
 // watchedPlaces is how many waiters behind the head watch the contender
@@ -326,7 +326,7 @@ func (q *place) saw(st keyState, pairs api.KVPairs) {
 func (q *place) nextAtHead(ctx context.Context) error {
 	if q.sub == nil || q.sub.contender == "" {
 		q.unwatch()
-		q.sub = watchQueue(q.a.conn, q.key, q.me, q.known, q.st, len(q.behind) > 0, q.tell())
+		q.sub = watchQueue(q.a.conn, q.key, q.me, q.by.id, q.known, q.st, len(q.behind) > 0, q.tell())
 	}
 	if err := q.await(ctx, q.sub); err != nil {
 		return err
@@ -380,16 +380,19 @@ func (n *news) take() keyState {
 	return n.st
 }
 
-// refresh reads the key and its queue at once: after a take found the key
-// held, the watch's last answer may be older than that, and the key may
-// be as it was then again.
-func (q *place) refresh(ctx context.Context) error {
+// refresh reads the key and its queue at once. After a take found the key
+// held, the read is consistent: the watch's last answer may be older than
+// the take, and a stale read could show the key free again, for a take
+// that fails again. After a watch saw the line move, a stale read costs
+// no write: the watch that follows, from its index, tells what is newer.
+// A consistent read costs the servers a round of heartbeats, once a cycle.
+func (q *place) refresh(ctx context.Context, consistent bool) error {
 	var pairs api.KVPairs
 	var meta *api.QueryMeta
 	c := q.a.conn
 	err := retry(ctx, q.a.deadline, func() error {
 		return c.call(ctx, func() (err error) {
-			pairs, meta, err = c.c.KV().List(q.key, c.query(ctx, api.QueryOptions{RequireConsistent: true}))
+			pairs, meta, err = c.c.KV().List(q.key, c.query(ctx, api.QueryOptions{RequireConsistent: consistent}))
 			return err
 		})
 	})

@@ -63,6 +63,7 @@ func (st keyState) free() bool { return !st.exists || st.session == "" }
 type subscription struct {
 	key       string
 	contender string         // a waiter's own contender key; "" for a hold
+	self      string         // a waiter's session
 	known     uint64         // the index at which the watcher knew the key
 	changed   func(keyState) // told of each state seen from known on; it must not block
 	group     *watchGroup    // guarded by the hub's mu
@@ -141,8 +142,8 @@ func watchKey(c conn, key string, expect keyState, eager, keyOnly bool, changed 
 // place in the queue. A head of the line that knows who comes after it
 // needs to hear of no later arrival (keyOnly): it is then told of changes
 // of the key alone, and its place is taken to stay as expect has it.
-func watchQueue(c conn, key, contender string, known uint64, expect keyState, keyOnly bool, changed func(keyState)) *subscription {
-	return subscribe(c, &subscription{key: key, contender: contender, known: known, changed: changed, last: expect, eager: true, keyOnly: keyOnly})
+func watchQueue(c conn, key, contender, self string, known uint64, expect keyState, keyOnly bool, changed func(keyState)) *subscription {
+	return subscribe(c, &subscription{key: key, contender: contender, self: self, known: known, changed: changed, last: expect, eager: true, keyOnly: keyOnly})
 }
 
 func subscribe(c conn, sub *subscription) *subscription {
@@ -503,6 +504,12 @@ func (h *hub) deliver(g *watchGroup, pairs api.KVPairs, index uint64) (gone bool
 	for sub := range g.subs {
 		if st := g.stateFor(sub); index >= sub.known && st != sub.last {
 			sub.last = st
+			if sub.self != "" && st.exists && st.session == sub.self {
+				// Handed the key: the waiter is done, and its hold's watch
+				// needs no query before watchDelay (held.start), which
+				// would wake again at the release, the holder's own write.
+				sub.eager, sub.since = false, time.Now()
+			}
 			tell = append(tell, told{sub, st})
 		}
 	}
