@@ -193,7 +193,8 @@ func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (c *api
 		cleanup()
 		return nil, "", "", nil, err
 	}
-	return c, addr, where, func() { cfg.Transport.CloseIdleConnections(); cleanup() }, nil
+	stop := cleanup
+	return c, addr, where, func() { cfg.Transport.CloseIdleConnections(); stop() }, nil
 }
 
 // benchCluster starts a loopback cluster of its own for the benchmark.
