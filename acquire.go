@@ -39,7 +39,7 @@ type attempt struct {
 	// q, if set, is the acquire's place in the queue of its one key.
 	q *place
 	// eager, once taken, says that others want the keys: their holds are
-	// watched at once.
+	// watched at once, unless they know who comes next.
 	eager bool
 	// queue is the line for the one key as the take saw it.
 	queue []contender

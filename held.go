@@ -28,7 +28,7 @@ type held struct {
 	timeout  time.Duration // the lock timeout, for messages
 	obs      Observer
 	owner    holdOwner
-	eager    bool          // watched at once, not after watchDelay: others want the key
+	eager    bool          // others want the key: watched at once, unless the queue names the next
 	queue    []contender   // the line for the key as the take saw it
 	lost     chan struct{} // closed when the hold ends: released or lost
 	finished chan struct{} // closed when the owner has given back what was left

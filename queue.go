@@ -128,8 +128,9 @@ func queueFor(a *attempt) {
 
 // took records a take by s at token, and the queue it read: the holder
 // hands the key to the first in it, unless a watch saw a newer queue. It
-// reports whether others were waiting or this acquire waited: the hold is
-// then watched at once, so that a release sees who came meanwhile.
+// reports whether others were waiting or this acquire waited: a hold that
+// knows of nobody next is then watched at once, so that its release sees
+// who came meanwhile.
 func (q *place) took(s *session, token uint64, also api.KVPairs) (queue []contender, contended bool) {
 	queue = contendersIn(also)[q.key]
 	noteQueue(q.a.conn, q.key, keyState{exists: true, session: s.id, index: token}, queue, token)
@@ -383,10 +384,30 @@ func (n *news) take() keyState {
 // refresh reads the key and its queue at once. After a take found the key
 // held, the read is consistent: the watch's last answer may be older than
 // the take, and a stale read could show the key free again, for a take
-// that fails again. After a watch saw the line move, a stale read costs
-// no write: the watch that follows, from its index, tells what is newer.
-// A consistent read costs the servers a round of heartbeats, once a cycle.
+// that fails again. After a watch saw the line move, a default read will
+// do: the watch that follows, from its index, tells what is newer. A
+// consistent read costs the servers a round of heartbeats, once a cycle.
+//
+// A default read older than what the waiter knew (a deposed leader's, in
+// an election) is read again consistently: it may not show the waiter's
+// own contender key, which the waiter would take for having left the line,
+// and its next enqueue would put it behind those it came before.
 func (q *place) refresh(ctx context.Context, consistent bool) error {
+	pairs, index, err := q.readLine(ctx, consistent)
+	if err == nil && olderThanKnown(consistent, index, q.known) {
+		pairs, index, err = q.readLine(ctx, true)
+	}
+	if err != nil {
+		return err
+	}
+	q.unwatch()
+	q.known = index
+	q.saw(stateIn(pairs, &subscription{key: q.key, contender: q.me}), pairs)
+	return nil
+}
+
+// readLine lists the key and its queue once, with its index.
+func (q *place) readLine(ctx context.Context, consistent bool) (api.KVPairs, uint64, error) {
 	var pairs api.KVPairs
 	var meta *api.QueryMeta
 	c := q.a.conn
@@ -397,12 +418,16 @@ func (q *place) refresh(ctx context.Context, consistent bool) error {
 		})
 	})
 	if err != nil {
-		return consulError(err)
+		return nil, 0, consulError(err)
 	}
-	q.unwatch()
-	q.known = meta.LastIndex
-	q.saw(stateIn(pairs, &subscription{key: q.key, contender: q.me}), pairs)
-	return nil
+	return pairs, meta.LastIndex, nil
+}
+
+// olderThanKnown reports whether a read at index cannot be trusted, being
+// a default read older than the index known. (A consistent read can go
+// back too, when Consul reaps old tombstones: it is the truth anyway.)
+func olderThanKnown(consistent bool, index, known uint64) bool {
+	return !consistent && index < known
 }
 
 func (q *place) unwatch() {

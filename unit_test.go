@@ -462,3 +462,25 @@ func TestUnitPlaceByArrival(t *testing.T) {
 		t.Errorf("handed the key: ahead %v, behind %v", q.ahead, q.behind)
 	}
 }
+
+// A default read of the line older than what the waiter knew (its own
+// enqueue, or a newer answer) is read again consistently: it may not show
+// the waiter's contender key, and the waiter would re-enqueue behind those
+// it came before, watching one behind it while it is handed the key.
+func TestUnitStaleLineReadIsReadAgain(t *testing.T) {
+	cases := []struct {
+		consistent   bool
+		index, known uint64
+		want         bool
+	}{
+		{false, 15, 20, true},  // older than the enqueue: a deposed leader's
+		{false, 20, 20, false}, // as new as known
+		{false, 30, 20, false}, // newer
+		{true, 15, 20, false},  // consistent: the truth, even gone back (tombstones reaped)
+	}
+	for _, c := range cases {
+		if got := olderThanKnown(c.consistent, c.index, c.known); got != c.want {
+			t.Errorf("olderThanKnown(%v, %d, %d) = %v, want %v", c.consistent, c.index, c.known, got, c.want)
+		}
+	}
+}

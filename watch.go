@@ -70,7 +70,7 @@ type subscription struct {
 	last      keyState       // the state last told, or expected
 	hub       *hub
 	since     time.Time // when the watch began
-	eager     bool      // a waiter's: watched at once, not after watchDelay
+	eager     bool      // watched at once, not after watchDelay: a waiter's, until handed the key
 	// keyOnly says that the watcher needs its key's state alone, not the
 	// key's line: a hold or a head of the line that knows who comes next,
 	// or a waiter watching the contender ahead. A group whose watchers
@@ -130,7 +130,8 @@ var hubs = struct {
 // watchKey tells changed of each state of key, seen from the index of
 // expect on, that differs from expect and from the last one told, until the
 // returned subscription is cancelled. A hold's watch starts querying once
-// it is watchDelay old; an eager one (a waiter's) at once.
+// it is watchDelay old; an eager one (a waiter's, or a contended hold's
+// that knows of nobody next) at once.
 // keyOnly says that the watcher needs nothing of the key's line.
 func watchKey(c conn, key string, expect keyState, eager, keyOnly bool, changed func(keyState)) *subscription {
 	return subscribe(c, &subscription{key: key, known: expect.index, changed: changed, last: expect, eager: eager, keyOnly: keyOnly})
