@@ -186,9 +186,8 @@ func benchAgent(ctx context.Context, servers int, meter *progress.Meter) (c *api
 	if err != nil {
 		return nil, "", "", nil, err
 	}
-	cfg := api.DefaultNonPooledConfig()
+	cfg := tunedConfig()
 	cfg.Address = addr
-	tune(cfg)
 	if c, err = api.NewClient(cfg); err != nil {
 		cleanup()
 		return nil, "", "", nil, err

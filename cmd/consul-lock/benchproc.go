@@ -87,8 +87,7 @@ func runBenchWorker(ctx context.Context, args []string, s stdio) error {
 	if err := errors.Join(err1, err2, err3); err != nil || !ok {
 		return usageError{fmt.Errorf("%s: bad arguments %q: %v", benchWorkerCommand, args, err)}
 	}
-	cfg := api.DefaultConfig()
-	tune(cfg)
+	cfg := tunedConfig()
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return err

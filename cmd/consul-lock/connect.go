@@ -70,7 +70,7 @@ func (c *connFlags) client(ctx context.Context) (*api.Client, error) {
 // newClient builds the client from the flags and the environment, without
 // talking to the agent yet.
 func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
-	cfg := api.DefaultConfig()
+	cfg := tunedConfig()
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
@@ -83,7 +83,6 @@ func (c *connFlags) newClient() (*api.Client, *api.Config, error) {
 	set(&cfg.TLSConfig.CertFile, c.clientCert)
 	set(&cfg.TLSConfig.KeyFile, c.clientKey)
 	set(&cfg.Namespace, c.namespace)
-	tune(cfg)
 	// An idle connection counts against the agent's limit of connections
 	// per client address as a busy one does: a waiting exec far back in
 	// line reads about once a second, and renews its session every few
@@ -166,15 +165,19 @@ func flagGiven(fs *flag.FlagSet, name string) bool {
 	return given
 }
 
-// tune sets the transport of cfg as the library runs best on (see the
-// README, under Client setup). It keeps idle as many connections as the
+// tunedConfig is the client configuration every command starts from:
+// consul/api's default, with connections kept alive (its non-pooled
+// configuration opens one per request), and the transport set as the
+// library runs best on (see the README, under Client setup). It keeps idle as many connections as the
 // library may have in flight, so that a busy process reuses them instead
 // of leaving sockets in TIME_WAIT. And it asks for no compression: the
 // agent gzips every answer above 1,400 bytes, such as a lock's line of
 // waiters, and on the loopback or a LAN that costs the agent and the
 // client more CPU than the bytes it saves (about a fifth of the agent's
 // CPU per contended cycle, measured with 4 processes on one dev agent).
-func tune(cfg *api.Config) {
+func tunedConfig() *api.Config {
+	cfg := api.DefaultConfig()
 	cfg.Transport.MaxIdleConnsPerHost = 72
 	cfg.Transport.DisableCompression = true
+	return cfg
 }

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/consullock/consullock/internal/consultest"
 	"github.com/consullock/consullock/internal/faultproxy"
@@ -46,5 +52,41 @@ func TestStartUpRetriesTooManyRequests(t *testing.T) {
 	atomic.StoreInt32(&limit, 1<<30)
 	if code, errOut := run(); code != exitUnavailable || !strings.Contains(errOut, "http_max_conns_per_client") {
 		t.Fatalf("status while the agent answers 429: exit %d (%s), want %d naming the limit", code, errOut, exitUnavailable)
+	}
+}
+
+// Every command's client keeps its connection to the agent alive: twenty
+// requests in a row open one connection, not twenty (consul/api's
+// non-pooled configuration opens one per request, which cost the bench a
+// TCP handshake per write and skewed every figure it printed).
+func TestClientsReuseTheirConnection(t *testing.T) {
+	t.Parallel()
+	agent := &url.URL{Scheme: "http", Host: consultest.Shared(t).HTTPAddr()}
+	var opened atomic.Int32
+	front := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(agent))
+	front.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	front.Start()
+	defer front.Close()
+	cfg := tunedConfig()
+	cfg.Address = front.Listener.Addr().String()
+	defer cfg.Transport.CloseIdleConnections()
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if _, err := client.Status().Leader(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("20 requests opened %d connections, want 1", n)
+	}
+	if !cfg.Transport.DisableCompression {
+		t.Error("the client asks for compressed answers")
 	}
 }
