@@ -39,7 +39,8 @@ on two raw keys, with no session and no safety, which passes the lock to
 the next waiter in one write and one wake-up, the least any lock on Consul
 spends to pass between processes. They report the worst wait for the
 lock, in time and in turns (the most acquires of others during one wait:
-in arrival order, fewer than the workers), and each worker's share (the
+in arrival order, fewer than the workers; a wait the end of the run cut
+off counts up to the end), and each worker's share (the
 fewest cycles a worker completed over the mean: a lock that starves some
 workers is not fast). Every implementation runs on one client setup: the
 transport keeps 72 idle connections and asks for no compression, as the

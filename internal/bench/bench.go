@@ -349,6 +349,9 @@ func RunSpec(ctx context.Context, c *api.Client, impl Impl, key string, spec Spe
 
 // Cycle is one lock cycle as a worker saw it, in Unix nanoseconds: the
 // acquire called, the lock held, the release called, the release returned.
+// A wait that the end of the run cut off has Acquired 0 and End the moment
+// it was given up: it is no cycle, but it is a wait, and a worker starved
+// for the whole run has no other.
 type Cycle struct {
 	Start    int64 `json:"s"`
 	Acquired int64 `json:"a"`
@@ -356,9 +359,12 @@ type Cycle struct {
 	End      int64 `json:"e"`
 }
 
+// unfinished reports whether cy is a wait cut off by the end of the run.
+func (cy Cycle) unfinished() bool { return cy.Acquired == 0 }
+
 // runWorker runs cycles until ctx ends or left runs out, holding the lock
-// for hold each time. A cycle that ctx ended is not counted; another error
-// ends the run.
+// for hold each time. A cycle that ctx ended is not counted, but a wait it
+// cut off is logged as unfinished; another error ends the run.
 func runWorker(ctx context.Context, cycle func(context.Context, string, func()) error, key string, hold time.Duration, left *atomic.Int64, tick func()) ([]Cycle, error) {
 	var logs []Cycle
 	for left.Add(-1) >= 0 {
@@ -372,6 +378,9 @@ func runWorker(ctx context.Context, cycle func(context.Context, string, func()) 
 			cy.Released = time.Now().UnixNano()
 		})
 		if ctx.Err() != nil { // the clock ran out during this cycle
+			if cy.Acquired == 0 {
+				logs = append(logs, Cycle{Start: cy.Start, End: time.Now().UnixNano()})
+			}
 			return logs, nil
 		}
 		if err != nil {
@@ -417,15 +426,26 @@ func RunWorker(ctx context.Context, c *api.Client, impl Impl, key string, hold t
 // order the lock was held), the worst wait and each worker's share.
 func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds float64) Result {
 	res := Result{Impl: impl, Workers: len(workers), Seconds: seconds}
-	var all []Cycle
+	var all, cut []Cycle
 	fewest := -1
 	for _, w := range workers {
-		all = append(all, w...)
-		if fewest < 0 || len(w) < fewest {
-			fewest = len(w)
+		done := 0
+		for _, cy := range w {
+			if cy.unfinished() {
+				cut = append(cut, cy)
+				continue
+			}
+			all = append(all, cy)
+			done++
+		}
+		if fewest < 0 || done < fewest {
+			fewest = done
 		}
 	}
 	res.Cycles = len(all)
+	for _, cy := range cut {
+		res.MaxWait = max(res.MaxWait, time.Duration(cy.End-cy.Start))
+	}
 	if res.Cycles == 0 {
 		return res
 	}
@@ -443,7 +463,7 @@ func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds flo
 		}
 		slices.Sort(handoffs)
 		res.HandoffP50 = Percentile(handoffs, 50)
-		res.MostTurns = mostTurns(all)
+		res.MostTurns = mostTurns(all, cut)
 	}
 	res.PerSecond = float64(res.Cycles) / seconds
 	res.P50, res.P99, res.Max = Percentile(res.Latencies, 50), Percentile(res.Latencies, 99), Percentile(res.Latencies, 100)
@@ -455,12 +475,19 @@ func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds flo
 }
 
 // mostTurns is the most cycles of all, sorted by Acquired, that were
-// acquired while one of them waited: after its Start, before its Acquired.
-func mostTurns(all []Cycle) int {
+// acquired while one of them waited (after its Start, before its Acquired),
+// or while a wait of cut waited until the end of the run.
+func mostTurns(all, cut []Cycle) int {
+	since := func(t int64) int {
+		i, _ := slices.BinarySearchFunc(all, t, func(c Cycle, t int64) int { return cmp.Compare(c.Acquired, t) })
+		return i
+	}
 	most := 0
 	for i, cy := range all {
-		first, _ := slices.BinarySearchFunc(all[:i], cy.Start, func(c Cycle, t int64) int { return cmp.Compare(c.Acquired, t) })
-		most = max(most, i-first)
+		most = max(most, i-since(cy.Start))
+	}
+	for _, cy := range cut {
+		most = max(most, since(cy.End)-since(cy.Start))
 	}
 	return most
 }

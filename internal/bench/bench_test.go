@@ -73,3 +73,21 @@ func TestUnitMostTurns(t *testing.T) {
 		t.Errorf("a wait overtaken three times: most turns %d, want 3", got)
 	}
 }
+
+// A wait the end of the run cut off is no cycle, but it is a wait: a worker
+// starved for the whole run makes the worst wait the run's length, its
+// turns every acquire of the others, and its share nothing.
+func TestUnitStarvedWaitCounts(t *testing.T) {
+	cycle := func(start, acquired int64) bench.Cycle {
+		return bench.Cycle{Start: start, Acquired: acquired, Released: acquired + 1, End: acquired + 2}
+	}
+	workers := [][]bench.Cycle{
+		{cycle(0, 10), cycle(12, 20), cycle(22, 30)},
+		{{Start: 1, End: 35}},
+	}
+	r := bench.Merge("x", workers, 0, 0, 1)
+	if r.Cycles != 3 || r.MaxWait != 34 || r.MostTurns != 3 || r.MinShare != 0 {
+		t.Errorf("starved worker: %d cycles, worst wait %d, %d turns, min share %.2f; want 3, 34, 3, 0",
+			r.Cycles, r.MaxWait, r.MostTurns, r.MinShare)
+	}
+}
