@@ -426,22 +426,7 @@ func RunWorker(ctx context.Context, c *api.Client, impl Impl, key string, hold t
 // order the lock was held), the worst wait and each worker's share.
 func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds float64) Result {
 	res := Result{Impl: impl, Workers: len(workers), Seconds: seconds}
-	var all, cut []Cycle
-	fewest := -1
-	for _, w := range workers {
-		done := 0
-		for _, cy := range w {
-			if cy.unfinished() {
-				cut = append(cut, cy)
-				continue
-			}
-			all = append(all, cy)
-			done++
-		}
-		if fewest < 0 || done < fewest {
-			fewest = done
-		}
-	}
+	all, cut, fewest := split(workers)
 	res.Cycles = len(all)
 	for _, cy := range cut {
 		res.MaxWait = max(res.MaxWait, time.Duration(cy.End-cy.Start))
@@ -472,6 +457,27 @@ func Merge(impl string, workers [][]Cycle, acquires, attempts int64, seconds flo
 		res.AttemptsPerAcquire = float64(attempts) / float64(acquires)
 	}
 	return res
+}
+
+// split sorts the workers' cycles into those completed and the waits cut
+// off, and counts the fewest cycles a worker completed.
+func split(workers [][]Cycle) (all, cut []Cycle, fewest int) {
+	fewest = -1
+	for _, w := range workers {
+		done := 0
+		for _, cy := range w {
+			if cy.unfinished() {
+				cut = append(cut, cy)
+				continue
+			}
+			all = append(all, cy)
+			done++
+		}
+		if fewest < 0 || done < fewest {
+			fewest = done
+		}
+	}
+	return all, cut, fewest
 }
 
 // mostTurns is the most cycles of all, sorted by Acquired, that were
