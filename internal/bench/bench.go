@@ -378,7 +378,7 @@ func runWorker(ctx context.Context, cycle func(context.Context, string, func()) 
 			cy.Released = time.Now().UnixNano()
 		})
 		if ctx.Err() != nil { // the clock ran out during this cycle
-			if cy.Acquired == 0 {
+			if cy.unfinished() {
 				logs = append(logs, Cycle{Start: cy.Start, End: time.Now().UnixNano()})
 			}
 			return logs, nil

@@ -54,20 +54,17 @@ func TestRunMeasuresEveryImpl(t *testing.T) {
 // start and its lock held: three workers taking turns in order wait two
 // turns each, and a worker overtaken by two turns of another waits more.
 func TestUnitMostTurns(t *testing.T) {
-	cycle := func(start, acquired int64) bench.Cycle {
-		return bench.Cycle{Start: start, Acquired: acquired, Released: acquired + 1, End: acquired + 2}
-	}
 	inTurn := [][]bench.Cycle{
-		{cycle(0, 10), cycle(12, 40)},
-		{cycle(1, 20), cycle(22, 50)},
-		{cycle(2, 30), cycle(32, 60)},
+		{cycleAt(0, 10), cycleAt(12, 40)},
+		{cycleAt(1, 20), cycleAt(22, 50)},
+		{cycleAt(2, 30), cycleAt(32, 60)},
 	}
 	if got := bench.Merge("x", inTurn, 0, 0, 1).MostTurns; got != 2 {
 		t.Errorf("three workers in turn: most turns %d, want 2", got)
 	}
 	overtaken := [][]bench.Cycle{
-		{cycle(0, 10), cycle(11, 20), cycle(21, 30)},
-		{cycle(1, 40)},
+		{cycleAt(0, 10), cycleAt(11, 20), cycleAt(21, 30)},
+		{cycleAt(1, 40)},
 	}
 	if got := bench.Merge("x", overtaken, 0, 0, 1).MostTurns; got != 3 {
 		t.Errorf("a wait overtaken three times: most turns %d, want 3", got)
@@ -78,11 +75,8 @@ func TestUnitMostTurns(t *testing.T) {
 // starved for the whole run makes the worst wait the run's length, its
 // turns every acquire of the others, and its share nothing.
 func TestUnitStarvedWaitCounts(t *testing.T) {
-	cycle := func(start, acquired int64) bench.Cycle {
-		return bench.Cycle{Start: start, Acquired: acquired, Released: acquired + 1, End: acquired + 2}
-	}
 	workers := [][]bench.Cycle{
-		{cycle(0, 10), cycle(12, 20), cycle(22, 30)},
+		{cycleAt(0, 10), cycleAt(12, 20), cycleAt(22, 30)},
 		{{Start: 1, End: 35}},
 	}
 	r := bench.Merge("x", workers, 0, 0, 1)
@@ -90,4 +84,10 @@ func TestUnitStarvedWaitCounts(t *testing.T) {
 		t.Errorf("starved worker: %d cycles, worst wait %d, %d turns, min share %.2f; want 3, 34, 3, 0",
 			r.Cycles, r.MaxWait, r.MostTurns, r.MinShare)
 	}
+}
+
+// cycleAt is a cycle begun at start and acquired at acquired, whose hold
+// and release take a nanosecond each.
+func cycleAt(start, acquired int64) bench.Cycle {
+	return bench.Cycle{Start: start, Acquired: acquired, Released: acquired + 1, End: acquired + 2}
 }
