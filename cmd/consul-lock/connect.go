@@ -103,6 +103,7 @@ func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Du
 	pctx, cancel := context.WithTimeout(ctx, max(busy, 5*time.Second))
 	defer cancel()
 	pause := 20 * time.Millisecond
+	var busyErr error // the last answer that said the agent was busy
 	for {
 		leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
 		noLeader := err == nil && leader == ""
@@ -112,9 +113,17 @@ func ping(ctx context.Context, client *api.Client, cfg *api.Config, busy time.Du
 		if err == nil {
 			return nil
 		}
+		if pctx.Err() != nil && ctx.Err() == nil && busyErr != nil {
+			// The time ran out during a request to an agent that had
+			// answered busy: why it was busy says more than the timeout.
+			err = busyErr
+		}
 		// A busy agent (429: too many connections from this host, or its
 		// rate limit) or one without a leader for now is asked again.
 		passing := strings.Contains(err.Error(), "429") || strings.Contains(err.Error(), "Unexpected response code: 5") || noLeader || dropped(err)
+		if passing {
+			busyErr = err
+		}
 		if !passing || sleepCtx(pctx, pause+rand.N(pause)) != nil {
 			if strings.Contains(err.Error(), "429") {
 				err = fmt.Errorf("%w (the agent serves at most limits.http_max_conns_per_client connections per client address, 200 by default)", err)

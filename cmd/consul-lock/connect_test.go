@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -20,7 +21,8 @@ import (
 
 // An agent that answers 429 (too many connections from this host) at
 // start-up is asked again rather than reported unreachable; one that keeps
-// answering 429 is reported with the limit named.
+// answering 429 is reported with the limit named, even when the time runs
+// out during a slow request rather than after a 429 (as on a loaded host).
 func TestStartUpRetriesTooManyRequests(t *testing.T) {
 	t.Parallel()
 	proxy, err := faultproxy.Start(consultest.Shared(t).HTTPAddr())
@@ -28,10 +30,18 @@ func TestStartUpRetriesTooManyRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { proxy.Close() })
-	var refused atomic.Int32
+	var refused, slowAfter atomic.Int32
 	limit := int32(3)
+	slowAfter.Store(1 << 30)
+	proxy.SetSlow(time.Minute)
 	proxy.SetRule(func(r *http.Request) (faultproxy.Fault, bool) {
-		if r.URL.Path == "/v1/status/leader" && refused.Load() < atomic.LoadInt32(&limit) {
+		if r.URL.Path != "/v1/status/leader" {
+			return faultproxy.Pass, false
+		}
+		if refused.Load() >= slowAfter.Load() {
+			return faultproxy.Slow, true
+		}
+		if refused.Load() < atomic.LoadInt32(&limit) {
 			refused.Add(1)
 			return faultproxy.Status429, true
 		}
@@ -52,6 +62,11 @@ func TestStartUpRetriesTooManyRequests(t *testing.T) {
 	atomic.StoreInt32(&limit, 1<<30)
 	if code, errOut := run(); code != exitUnavailable || !strings.Contains(errOut, "http_max_conns_per_client") {
 		t.Fatalf("status while the agent answers 429: exit %d (%s), want %d naming the limit", code, errOut, exitUnavailable)
+	}
+	refused.Store(0)
+	slowAfter.Store(2) // two 429s, then a request that outlasts the start-up's time
+	if code, errOut := run(); code != exitUnavailable || !strings.Contains(errOut, "http_max_conns_per_client") {
+		t.Fatalf("status when the time runs out after 429s: exit %d (%s), want %d naming the limit", code, errOut, exitUnavailable)
 	}
 }
 
