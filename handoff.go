@@ -41,6 +41,7 @@ func giveOn(ctx context.Context, c conn, key, session string, token uint64, queu
 // given back then costs two writes where a handoff costs one: the delete,
 // and the take of the waiter it wakes. The read is no consensus write.
 func handOver(ctx context.Context, c conn, key, session string, token uint64, queue []contender, contended bool) (bool, error) {
+	ctx = ahead(ctx)
 	next, ok := successorOf(c, key, session, token, queue)
 	if !ok && contended {
 		next, ok = firstOther(readLine(ctx, c, key), session)

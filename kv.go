@@ -5,52 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
-
-// conn is a Consul client with the ACL token a lock uses on every call.
-type conn struct {
-	c     *api.Client
-	token string // "" uses the client's own token
-}
-
-// maxCallsInFlight bounds the requests of the library that do not block
-// (all but the watches and the waits) in flight at once per client: the
-// agent serves at most 200 connections per client address
-// (limits.http_max_conns_per_client), and a burst of acquires must queue in
-// the process rather than be refused with 429 there.
-const maxCallsInFlight = 64
-
-var callSlots sync.Map // *api.Client -> chan struct{}
-
-// call runs fn, a request that does not block, once one of the client's
-// slots is free.
-func (c conn) call(ctx context.Context, fn func() error) error {
-	v, ok := callSlots.Load(c.c)
-	if !ok {
-		v, _ = callSlots.LoadOrStore(c.c, make(chan struct{}, maxCallsInFlight))
-	}
-	slots := v.(chan struct{})
-	select {
-	case slots <- struct{}{}:
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-	defer func() { <-slots }()
-	return fn()
-}
-
-func (c conn) write(ctx context.Context) *api.WriteOptions {
-	return (&api.WriteOptions{Token: c.token}).WithContext(ctx)
-}
-
-func (c conn) query(ctx context.Context, q api.QueryOptions) *api.QueryOptions {
-	q.Token = c.token
-	return q.WithContext(ctx)
-}
 
 // kvTxn runs a KV transaction. It writes the request itself because
 // consul/api's Txn reports a failed request without its status code, which
@@ -99,6 +57,7 @@ func txnError(resp *api.KVTxnResponse) error {
 // write that took it is the last one. A key already gone counts as deleted.
 // It reports whether the key is gone now.
 func deleteIfUnchanged(ctx context.Context, c conn, key string, token uint64) (bool, error) {
+	ctx = ahead(ctx)
 	var deleted bool
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() (err error) {
 		return c.call(ctx, func() (err error) {
@@ -115,6 +74,7 @@ func deleteIfUnchanged(ctx context.Context, c conn, key string, token uint64) (b
 // deleteIfHeld deletes key in one transaction that applies only while
 // session holds it. A key no longer held by session is left alone.
 func deleteIfHeld(ctx context.Context, c conn, key, session string) error {
+	ctx = ahead(ctx)
 	ops := api.KVTxnOps{
 		{Verb: api.KVCheckSession, Key: key, Session: session},
 		{Verb: api.KVDelete, Key: key},

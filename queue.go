@@ -472,6 +472,7 @@ func (q *place) leaveWith(me string, s *session) {
 // deleteContender deletes contender key me while session holds it, and
 // reports whether it did: false when it was gone already.
 func deleteContender(ctx context.Context, c conn, me, session string) (bool, error) {
+	ctx = ahead(ctx)
 	ops := api.KVTxnOps{
 		{Verb: api.KVCheckSession, Key: me, Session: session},
 		{Verb: api.KVDelete, Key: me},

@@ -110,6 +110,7 @@ func (s *session) renew(ctx context.Context) {
 }
 
 func renewOnce(ctx context.Context, c conn, id string, o Observer) error {
+	ctx = ahead(ctx)
 	var entry *api.SessionEntry
 	err := c.call(ctx, func() (err error) {
 		entry, _, err = c.c.Session().Renew(id, c.write(ctx))
@@ -384,6 +385,7 @@ func destroyStrays(c conn, name, keep string) {
 // retrying passing failures while ctx and cleanupTimeout allow.
 // Destroying a session that no longer exists succeeds.
 func destroySession(ctx context.Context, c conn, id string) error {
+	ctx = ahead(ctx)
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
 		return c.call(ctx, func() error {
 			_, err := c.c.Session().Destroy(id, c.write(ctx))

@@ -484,3 +484,46 @@ func TestUnitStaleLineReadIsReadAgain(t *testing.T) {
 		}
 	}
 }
+
+// The calls that keep or give back what is held are not held up by a
+// burst of others: with every shared slot taken, a release still goes
+// ahead, and only the kept slots bound it.
+func TestUnitReleasesGoAheadOfABurst(t *testing.T) {
+	t.Parallel()
+	c, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn := conn{c: c}
+	done := make(chan struct{})
+	entered := make(chan struct{})
+	occupy := func(ctx context.Context) {
+		go cn.call(ctx, func() error {
+			entered <- struct{}{}
+			<-done
+			return nil
+		})
+		<-entered
+	}
+	defer close(done)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range maxCallsInFlight - firstOnlySlots {
+		occupy(context.Background())
+	}
+	if err := cn.call(cancelled, func() error { return nil }); err == nil {
+		t.Fatal("a call went ahead with every shared slot taken")
+	}
+	ran := false
+	bounded, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if err := cn.call(ahead(bounded), func() error { ran = true; return nil }); err != nil || !ran {
+		t.Fatalf("a release with every shared slot taken: ran %v, %v", ran, err)
+	}
+	for range firstOnlySlots {
+		occupy(ahead(context.Background()))
+	}
+	if err := cn.call(ahead(cancelled), func() error { return nil }); err == nil {
+		t.Fatalf("a release went ahead with all %d slots taken", maxCallsInFlight)
+	}
+}
