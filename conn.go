@@ -18,16 +18,18 @@ type conn struct {
 // most 200 connections per client address
 // (limits.http_max_conns_per_client), and a burst of acquires must queue in
 // the process rather than be refused with 429 there. A few slots are kept
-// for the calls that renew sessions and give keys back: a burst of
-// hundreds of acquires must not hold up the release that the acquires wait
-// for, nor the renewal that keeps a lock from expiring.
+// for the calls marked ahead, those that renew sessions, give keys back or
+// leave a line: a burst of hundreds of acquires must not hold up the
+// release that the acquires wait for, nor the renewal that keeps a lock
+// from expiring. Other calls, acquires included, have the shared slots
+// only, even when nothing is being given back.
 const (
 	maxCallsInFlight = 64
-	firstOnlySlots   = 16
+	keptSlots        = 16
 )
 
 // callSlots holds, per client, the slots that any call may take and those
-// kept for the first calls.
+// kept for the calls marked ahead.
 var callSlots sync.Map // *api.Client -> *slots
 
 type slots struct{ any, kept chan struct{} }
@@ -48,13 +50,13 @@ func (c conn) call(ctx context.Context, fn func() error) error {
 	v, ok := callSlots.Load(c.c)
 	if !ok {
 		v, _ = callSlots.LoadOrStore(c.c, &slots{
-			any:  make(chan struct{}, maxCallsInFlight-firstOnlySlots),
-			kept: make(chan struct{}, firstOnlySlots),
+			any:  make(chan struct{}, maxCallsInFlight-keptSlots),
+			kept: make(chan struct{}, keptSlots),
 		})
 	}
 	sl := v.(*slots)
-	first, _ := ctx.Value(aheadKey{}).(bool)
-	slot, err := sl.take(ctx, first)
+	isAhead, _ := ctx.Value(aheadKey{}).(bool)
+	slot, err := sl.take(ctx, isAhead)
 	if err != nil {
 		return err
 	}
@@ -62,11 +64,11 @@ func (c conn) call(ctx context.Context, fn func() error) error {
 	return fn()
 }
 
-// take waits for a slot and returns the channel it came from. A first
-// call takes a shared slot when one is free, so as to leave the kept ones
-// for the next.
-func (sl *slots) take(ctx context.Context, first bool) (chan struct{}, error) {
-	if first {
+// take waits for a slot and returns the channel it came from. A call
+// marked ahead takes a shared slot when one is free, so as to leave the
+// kept ones for the next.
+func (sl *slots) take(ctx context.Context, isAhead bool) (chan struct{}, error) {
+	if isAhead {
 		select {
 		case sl.any <- struct{}{}:
 			return sl.any, nil

@@ -316,6 +316,7 @@ func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
 func (l *EphemeralLock) release(ctx context.Context, h *held) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
+	ctx = ahead(ctx)
 	handed, err := handOver(ctx, l.conn, h.key, h.sess.id, h.token, h.queue, h.eager)
 	if err != nil {
 		return err

@@ -456,6 +456,7 @@ func (q *place) leave() {
 func (q *place) leaveWith(me string, s *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
+	ctx = ahead(ctx) // it may pass on a key handed to s
 	left, err := deleteContender(ctx, q.a.conn, me, s.id)
 	if err == nil && !left {
 		var pair *api.KVPair

@@ -238,7 +238,7 @@ func (s *session) abandon(err error) {
 func (s *session) destroyNow() {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	err := destroySession(ctx, s.conn, s.id)
+	err := destroySession(ahead(ctx), s.conn, s.id) // its end frees what it holds
 	s.mu.Lock()
 	s.destroyErr = err
 	s.mu.Unlock()
@@ -385,7 +385,6 @@ func destroyStrays(c conn, name, keep string) {
 // retrying passing failures while ctx and cleanupTimeout allow.
 // Destroying a session that no longer exists succeeds.
 func destroySession(ctx context.Context, c conn, id string) error {
-	ctx = ahead(ctx)
 	err := retry(ctx, time.Now().Add(cleanupTimeout), func() error {
 		return c.call(ctx, func() error {
 			_, err := c.c.Session().Destroy(id, c.write(ctx))

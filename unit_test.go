@@ -487,7 +487,8 @@ func TestUnitStaleLineReadIsReadAgain(t *testing.T) {
 
 // The calls that keep or give back what is held are not held up by a
 // burst of others: with every shared slot taken, a release still goes
-// ahead, and only the kept slots bound it.
+// ahead, on a kept slot, and only the kept slots bound it; with slots to
+// spare, it takes a shared one and leaves the kept ones free.
 func TestUnitReleasesGoAheadOfABurst(t *testing.T) {
 	t.Parallel()
 	c, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
@@ -495,6 +496,28 @@ func TestUnitReleasesGoAheadOfABurst(t *testing.T) {
 		t.Fatal(err)
 	}
 	cn := conn{c: c}
+	// inUse reports the shared and the kept slots taken, from within a call.
+	inUse := func(ctx context.Context) (shared, kept int, err error) {
+		err = cn.call(ctx, func() error {
+			v, _ := callSlots.Load(c)
+			sl := v.(*slots)
+			shared, kept = len(sl.any), len(sl.kept)
+			return nil
+		})
+		return shared, kept, err
+	}
+	// refused reports whether a call with ctx could not get a slot: its
+	// context ends soon, so that waiting is the only way to fail.
+	refused := func(ctx context.Context) bool {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		return cn.call(ctx, func() error { return nil }) != nil
+	}
+	bounded, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	if shared, kept, err := inUse(ahead(bounded)); err != nil || shared != 1 || kept != 0 {
+		t.Fatalf("a release with slots to spare took %d shared and %d kept slots (%v), want 1 and 0", shared, kept, err)
+	}
 	done := make(chan struct{})
 	entered := make(chan struct{})
 	occupy := func(ctx context.Context) {
@@ -506,24 +529,19 @@ func TestUnitReleasesGoAheadOfABurst(t *testing.T) {
 		<-entered
 	}
 	defer close(done)
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
-	for range maxCallsInFlight - firstOnlySlots {
+	for range maxCallsInFlight - keptSlots {
 		occupy(context.Background())
 	}
-	if err := cn.call(cancelled, func() error { return nil }); err == nil {
+	if !refused(context.Background()) {
 		t.Fatal("a call went ahead with every shared slot taken")
 	}
-	ran := false
-	bounded, stop := context.WithTimeout(context.Background(), 10*time.Second)
-	defer stop()
-	if err := cn.call(ahead(bounded), func() error { ran = true; return nil }); err != nil || !ran {
-		t.Fatalf("a release with every shared slot taken: ran %v, %v", ran, err)
+	if shared, kept, err := inUse(ahead(bounded)); err != nil || kept != 1 {
+		t.Fatalf("a release with every shared slot taken: %d shared and %d kept slots taken (%v), want a kept one", shared, kept, err)
 	}
-	for range firstOnlySlots {
+	for range keptSlots {
 		occupy(ahead(context.Background()))
 	}
-	if err := cn.call(ahead(cancelled), func() error { return nil }); err == nil {
+	if !refused(ahead(context.Background())) {
 		t.Fatalf("a release went ahead with all %d slots taken", maxCallsInFlight)
 	}
 }
