@@ -2,7 +2,9 @@ package consullock
 
 import (
 	"context"
+	"runtime"
 	"sync"
+	"weak"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -29,10 +31,28 @@ const (
 )
 
 // callSlots holds, per client, the slots that any call may take and those
-// kept for the calls marked ahead.
-var callSlots sync.Map // *api.Client -> *slots
+// kept for the calls marked ahead. Its keys are weak, and an entry goes
+// when its client does: a program may build a client for each piece of
+// work, and the map must not keep them all alive.
+var callSlots sync.Map // weak.Pointer[api.Client] -> *slots
 
 type slots struct{ any, kept chan struct{} }
+
+// slotsOf returns the slots of client c.
+func slotsOf(c *api.Client) *slots {
+	key := weak.Make(c)
+	if v, ok := callSlots.Load(key); ok {
+		return v.(*slots)
+	}
+	v, loaded := callSlots.LoadOrStore(key, &slots{
+		any:  make(chan struct{}, maxCallsInFlight-keptSlots),
+		kept: make(chan struct{}, keptSlots),
+	})
+	if !loaded {
+		runtime.AddCleanup(c, func(key weak.Pointer[api.Client]) { callSlots.Delete(key) }, key)
+	}
+	return v.(*slots)
+}
 
 type aheadKey struct{}
 
@@ -47,14 +67,7 @@ func ahead(ctx context.Context) context.Context {
 // call runs fn, a request that does not block, once one of the client's
 // slots is free.
 func (c conn) call(ctx context.Context, fn func() error) error {
-	v, ok := callSlots.Load(c.c)
-	if !ok {
-		v, _ = callSlots.LoadOrStore(c.c, &slots{
-			any:  make(chan struct{}, maxCallsInFlight-keptSlots),
-			kept: make(chan struct{}, keptSlots),
-		})
-	}
-	sl := v.(*slots)
+	sl := slotsOf(c.c)
 	isAhead, _ := ctx.Value(aheadKey{}).(bool)
 	slot, err := sl.take(ctx, isAhead)
 	if err != nil {

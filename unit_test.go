@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -499,8 +501,7 @@ func TestUnitReleasesGoAheadOfABurst(t *testing.T) {
 	// inUse reports the shared and the kept slots taken, from within a call.
 	inUse := func(ctx context.Context) (shared, kept int, err error) {
 		err = cn.call(ctx, func() error {
-			v, _ := callSlots.Load(c)
-			sl := v.(*slots)
+			sl := slotsOf(c)
 			shared, kept = len(sl.any), len(sl.kept)
 			return nil
 		})
@@ -543,5 +544,41 @@ func TestUnitReleasesGoAheadOfABurst(t *testing.T) {
 	}
 	if !refused(ahead(context.Background())) {
 		t.Fatalf("a release went ahead with all %d slots taken", maxCallsInFlight)
+	}
+}
+
+// A client's request slots go with the client: a program that builds a
+// client for each piece of work does not keep every one of them alive.
+func TestUnitRequestSlotsDoNotKeepTheClient(t *testing.T) {
+	t.Parallel()
+	collected := make(chan struct{}, 1)
+	var key weak.Pointer[api.Client]
+	func() {
+		c, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		key = weak.Make(c)
+		runtime.AddCleanup(c, func(ch chan struct{}) { ch <- struct{}{} }, collected)
+		if err := (conn{c: c}).call(context.Background(), func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	deadline := time.After(10 * time.Second)
+	for gone := false; ; {
+		runtime.GC()
+		if _, kept := callSlots.Load(key); gone && !kept {
+			return
+		}
+		select {
+		case <-collected:
+			gone = true
+		case <-deadline:
+			if !gone {
+				t.Fatal("a client that made a call was never collected")
+			}
+			t.Fatal("a collected client's request slots were never freed")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
