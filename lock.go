@@ -316,7 +316,6 @@ func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
 func (l *EphemeralLock) release(ctx context.Context, h *held) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	ctx = ahead(ctx)
 	handed, err := handOver(ctx, l.conn, h.key, h.sess.id, h.token, h.queue, h.eager)
 	if err != nil {
 		return err
@@ -326,7 +325,7 @@ func (l *EphemeralLock) release(ctx context.Context, h *held) error {
 			return err
 		}
 	}
-	if err := destroySession(ctx, l.conn, h.sess.id); err != nil {
+	if err := destroySession(ahead(ctx), l.conn, h.sess.id); err != nil { // the key may go with it
 		return err
 	}
 	if !handed {

@@ -456,11 +456,10 @@ func (q *place) leave() {
 func (q *place) leaveWith(me string, s *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	ctx = ahead(ctx) // it may pass on a key handed to s
 	left, err := deleteContender(ctx, q.a.conn, me, s.id)
 	if err == nil && !left {
 		var pair *api.KVPair
-		pair, err = readKey(ctx, q.a.conn, q.key)
+		pair, err = readKey(ahead(ctx), q.a.conn, q.key) // it may pass on a key handed to s
 		if err == nil && pair != nil && pair.Session == s.id {
 			err = giveOn(ctx, q.a.conn, q.key, s.id, pair.ModifyIndex, nil, true)
 		}
