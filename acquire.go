@@ -114,6 +114,7 @@ func (a *attempt) write(ctx context.Context, spec func(s *session) takeSpec, und
 	if err := checkValueSize(len(a.keys), len(value)); err != nil {
 		return nil, takeResult{}, err
 	}
+	replaced := false
 	for {
 		s, err := a.session(ctx)
 		if err != nil {
@@ -125,10 +126,18 @@ func (a *attempt) write(ctx context.Context, spec func(s *session) takeSpec, und
 		t := spec(s)
 		t.value = value
 		res, d, err := take(ctx, a.conn, t, a.deadline)
-		switch {
-		case errors.Is(err, errSessionInvalid) && time.Now().Before(a.deadline):
+		if errors.Is(err, errSessionInvalid) {
 			s.invalidate(fmt.Errorf("%w: Consul no longer knows %s", ErrLockLost, s.describe()))
-			continue
+			// A session lost while it held nothing goes unnoticed until
+			// its renewal: replace it, once even past the deadline, so
+			// that an acquire that tries once gets its one real try.
+			if !replaced || time.Now().Before(a.deadline) {
+				replaced = true
+				continue
+			}
+			err = fmt.Errorf("%w: %w", ErrConsul, err)
+		}
+		switch {
 		case err != nil:
 			if !d.none() {
 				a.pendingToo(func() {

@@ -218,6 +218,40 @@ func TestLockerSessionLoss(t *testing.T) {
 	}
 }
 
+// A Locker that tries once (the default: no acquire timeout) and finds that
+// Consul no longer knows its session, destroyed while it held nothing, takes
+// the key with a new session at once, rather than failing every Acquire
+// until the session's renewal notices, up to half its TTL later.
+func TestLockerTryOnceReplacesALostSession(t *testing.T) {
+	t.Parallel()
+	c := consultest.Client(t)
+	ctx := context.Background()
+	lk := newLocker(t, c)
+	first, err := lk.Acquire(ctx, lockName(t, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := first.Session()
+	if err := first.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Session().Destroy(lost, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		l, err := lk.Acquire(ctx, lockName(t, "b"+strconv.Itoa(i)))
+		if err != nil {
+			t.Fatalf("acquire %d after the idle session was destroyed: %v", i, err)
+		}
+		if l.Session() == lost {
+			t.Fatal("the destroyed session was used")
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestLockerCloseGivesBackEverything(t *testing.T) {
 	t.Parallel()
 	c := consultest.Client(t)
