@@ -318,3 +318,37 @@ func TestAbandonedTakeKeepsTheTurn(t *testing.T) {
 		t.Fatalf("inside the lease with token %d the key is %+v (%v)", lease.Token(), pair, err)
 	}
 }
+
+// An acquire cancelled while its take is in flight, a take that Consul
+// applied all the same, gives the key back before it ends its session:
+// ending a session that holds the key would keep everyone from it for the
+// lock delay. (Both copies had it once: the Locker gives the key back, the
+// EphemeralLock ended its session.)
+func TestAbandonedTakeImposesNoLockDelay(t *testing.T) {
+	t.Parallel()
+	direct := consultest.Client(t)
+	c, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var txns atomic.Int32
+	proxy.SetRule(func(r *http.Request) (faultproxy.Fault, bool) {
+		if r.Method == http.MethodPut && r.URL.Path == "/v1/txn" && txns.Add(1) == 1 {
+			cancel()                           // the caller gives up while the take is in flight,
+			return faultproxy.ResetAfter, true // and Consul applies it
+		}
+		return faultproxy.Pass, false
+	})
+	const delay = 30 * time.Second
+	l := newLock(t, c, lockName(t, "k"), consullock.WithLockDelay(delay))
+	if err := l.Acquire(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Acquire = %v, want context.Canceled", err)
+	}
+	consultest.Eventually(t, 5*time.Second, "the failed acquire's session is gone", func() bool {
+		return sessionsNamed(t, direct, l.Key()) == 0
+	})
+	next := newLock(t, direct, lockName(t, "k"), consullock.WithAcquireTimeout(5*time.Second))
+	releaseAtEnd(t, next)
+	if err := next.Acquire(context.Background()); err != nil {
+		t.Fatalf("the next Acquire, within 5 s: %v (the lock delay of %v imposed?)", err, delay)
+	}
+}

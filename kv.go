@@ -92,6 +92,19 @@ func deleteIfHeld(ctx context.Context, c conn, key, session string) error {
 	return nil
 }
 
+// giveBackTaken deletes each of keys that s holds, after a take with s that
+// failed or was abandoned but may have applied.
+func giveBackTaken(c conn, s *session, keys []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	for _, key := range keys {
+		if err := deleteIfHeld(ctx, c, key, s.id); err != nil {
+			return fmt.Errorf("could not give back %q after a failed acquire: %w", key, err)
+		}
+	}
+	return nil
+}
+
 // giveBackKey deletes a key taken at token by session: one DELETE
 // ?cas=token, which applies only if the key is still as the taking write
 // left it (and which Consul serves faster than a transaction). If the key

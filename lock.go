@@ -243,8 +243,15 @@ func (l *EphemeralLock) attempt() *attempt {
 		}
 		return s, err
 	}
-	// Destroying the session deletes whatever a take got with it.
-	a.undo = func(s *session, _ []string) { s.abandon(errAbandoned) }
+	// Destroying the session deletes whatever a take got with it. With a
+	// lock delay, the key goes first: ending a session that holds it would
+	// keep everyone from it for the delay.
+	a.undo = func(s *session, keys []string) {
+		if l.s.LockDelay > 0 {
+			_ = giveBackTaken(l.conn, s, keys) // else the session's end frees it
+		}
+		s.abandon(errAbandoned)
+	}
 	queueFor(a)
 	return a
 }
@@ -271,7 +278,7 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 			}
 			a.settled()
 			if s := a.last; s != nil {
-				a.undo(s, nil)
+				a.undo(s, a.keys)
 			}
 			l.waitUndone(ctx, a.last)
 			return nil, err
@@ -288,7 +295,7 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 		}
 		// The session reached its local deadline as the key was taken:
 		// destroying it gives the key back; take it with a new one.
-		a.undo(s, nil)
+		a.undo(s, a.keys)
 	}
 }
 

@@ -278,13 +278,8 @@ func (lk *Locker) createTurn(ctx context.Context, deadline time.Time) error {
 // holder's. A key that cannot be given back ends the session, whose
 // destruction frees it.
 func (lk *Locker) undoTake(s *session, keys []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	for _, key := range keys {
-		if err := deleteIfHeld(ctx, lk.conn, key, s.id); err != nil {
-			s.abandon(fmt.Errorf("%w: could not give back %q after a failed acquire: %w", ErrLockLost, key, err))
-			return
-		}
+	if err := giveBackTaken(lk.conn, s, keys); err != nil {
+		s.abandon(fmt.Errorf("%w: %w", ErrLockLost, err))
 	}
 }
 
