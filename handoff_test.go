@@ -1,11 +1,14 @@
 package consullock_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 
 	"github.com/consullock/consullock"
 	"github.com/consullock/consullock/internal/consultest"
+	"github.com/consullock/consullock/internal/faultproxy"
 )
 
 // Lockers on clients of their own stand for processes on different hosts:
@@ -322,4 +326,90 @@ func TestFarBackWaitersHoldNoQuery(t *testing.T) {
 		t.Fatalf("%d blocking queries at once for %d waiters: the waiters far back must hold none", most, waiters)
 	}
 	t.Logf("%d waiters of as many processes: at most %d blocking queries at once", waiters, most)
+}
+
+// A head of the line that knows who comes next watches the key alone. When
+// Consul invalidates its session (its contender key goes with it) and the
+// holder hands the key past it, the head reads the line and queues again
+// with a new session at once: it is no longer in line, and waiting for a
+// change of the key would leave it waiting for as long as others keep
+// coming.
+func TestPassedOverHeadQueuesAgain(t *testing.T) {
+	t.Parallel()
+	agent := consultest.DevAgent(t)
+	direct := consultest.ClientOf(t, agent)
+	ctx := context.Background()
+	const key = "locks/ephemeral/k"
+	hc, proxy := proxiedClient(t, agent.HTTPAddr())
+	var keyOnly atomic.Bool // the head watches the key alone
+	proxy.SetRule(func(r *http.Request) (faultproxy.Fault, bool) {
+		q := r.URL.Query()
+		if r.Method == http.MethodGet && r.URL.Path == "/v1/kv/"+key && q.Has("index") && !q.Has("recurse") {
+			keyOnly.Store(true)
+		}
+		return faultproxy.Pass, false
+	})
+	acquire := func(c *api.Client) <-chan *consullock.Lease {
+		got := make(chan *consullock.Lease, 1)
+		lk := newLocker(t, c, consullock.WithAcquireTimeout(time.Minute))
+		go func() {
+			l, err := lk.Acquire(ctx, "k")
+			if err != nil {
+				t.Error(err)
+			}
+			got <- l
+		}()
+		return got
+	}
+	holder := mustLease(t, newLocker(t, consultest.ClientOf(t, agent)), "k")
+	first := acquire(consultest.ClientOf(t, agent))
+	queued(t, direct, key, 1)
+	head := acquire(hc)
+	headSession := newest(queued(t, direct, key, 2))
+	next := acquire(consultest.ClientOf(t, agent))
+	nextSession := newest(queued(t, direct, key, 3))
+	if err := holder.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := leaseWithin(t, first, 10*time.Second, "the first waiter")
+	consultest.Eventually(t, 10*time.Second, "the new head watches the key alone", keyOnly.Load)
+	if _, err := direct.Session().Destroy(headSession, nil); err != nil {
+		t.Fatal(err)
+	}
+	queued(t, direct, key, 1)
+	if err := l.Release(ctx); err != nil { // hands the key past the head, to next
+		t.Fatal(err)
+	}
+	n := leaseWithin(t, next, 10*time.Second, "the waiter after the head")
+	consultest.Eventually(t, 5*time.Second, "the passed-over head queues again with a new session", func() bool {
+		pairs, _, err := direct.KV().List(key+".queue/", &api.QueryOptions{RequireConsistent: true})
+		return err == nil && len(pairs) == 1 && pairs[0].Session != headSession && pairs[0].Session != nextSession
+	})
+	if err := n.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := leaseWithin(t, head, 10*time.Second, "the head that queued again").Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// leaseWithin waits up to d for the lease of an acquire that must succeed.
+func leaseWithin(t *testing.T, c <-chan *consullock.Lease, d time.Duration, what string) *consullock.Lease {
+	t.Helper()
+	select {
+	case l := <-c:
+		if l == nil {
+			t.FailNow() // the acquire reported its error
+		}
+		return l
+	case <-time.After(d):
+		t.Fatalf("%s did not get the lock within %v", what, d)
+		return nil
+	}
+}
+
+// newest is the session of the contender that came last: a list is in key
+// order, not in order of arrival.
+func newest(line api.KVPairs) string {
+	return slices.MaxFunc(line, func(a, b *api.KVPair) int { return cmp.Compare(a.CreateIndex, b.CreateIndex) }).Session
 }

@@ -329,11 +329,25 @@ func (q *place) nextAtHead(ctx context.Context) error {
 		q.unwatch()
 		q.sub = watchQueue(q.a.conn, q.key, q.me, q.by.id, q.known, q.st, len(q.behind) > 0, q.tell())
 	}
+	prev := q.st
 	if err := q.await(ctx, q.sub); err != nil {
 		return err
 	}
-	q.saw(q.news.take(), nil)
+	st := q.news.take()
+	q.saw(st, nil)
+	if q.sub.keyOnly && passedOver(prev, st, q.by.id) {
+		return q.refresh(ctx, false)
+	}
 	return nil
+}
+
+// passedOver reports that the key went to another session than the one
+// that held it and this waiter's, which a watch of the key alone cannot
+// place: the waiter may have left the line (its session ended, and its
+// contender key with it, so the holder handed the key past it), or a
+// taker that was not in line came first. A read of the line tells which.
+func passedOver(prev, now keyState, self string) bool {
+	return now.exists && now.session != "" && now.session != self && now.session != prev.session
 }
 
 // tell makes a fresh news for the next watch, and returns its callback.
