@@ -23,9 +23,11 @@
 // Acquiring creates a Consul session whose TTL is the lock's maximum lifespan
 // (Config.LockTimeout) and whose invalidation deletes the keys it holds, then
 // takes the key in a transaction (a KV lock, as python-consul-lock's PUT
-// ?acquire, whose index is the fencing token). A waiter watches the key with
-// Consul blocking queries and retries the moment it is freed, rather than
-// polling. Releasing destroys the session, which deletes the key in the same
+// ?acquire, whose index is the fencing token). A waiter that finds the key
+// held joins a line in Consul, and the release hands the key to the first
+// in line in one transaction: the waiter learns that it holds the key from
+// a blocking query, without a write of its own (see README, "Waiting in
+// line"). Releasing destroys the session, which deletes the key in the same
 // consensus write when there is no lock delay. A Locker shares one renewed
 // session among many locks, for two writes a cycle.
 //
@@ -34,8 +36,9 @@
 // and the same code watches it, checks its deadlines, fences and releases
 // it, whether it is an EphemeralLock, a Lease, an election's Term or a
 // semaphore's slot. The watches of all the locks built on one *api.Client
-// share at most 8 blocking queries, within Consul's limit of 200
-// connections per client address.
+// (with one ACL token) share at most 8 blocking queries, and the waiters of
+// one semaphore share one more, within Consul's limit of 200 connections
+// per client address.
 //
 // # Guarantees and assumptions
 //

@@ -23,7 +23,7 @@ const MaxSemaphoreLimit = 256
 // semaphore lease has everything a lock's has: a fencing token (per slot),
 // loss notification, a maximum lifespan, the Locker's value. A cycle costs
 // one read and two writes; waiting is a blocking query on the slots, not
-// polling. Every holder must use the same limit, which each slot records in
+// polling, and the waiters of one client share one (listwatch.go). Every holder must use the same limit, which each slot records in
 // its flags: a holder that finds a slot held under another limit gets an
 // error wrapping ErrInvalidOption.
 type Semaphore struct {
@@ -105,28 +105,12 @@ func (sem *Semaphore) notAcquired() error {
 }
 
 // heldSlots lists the held slots and their sessions (at once when index is
-// 0, else once the slots change or the wait ends), retrying passing failures
+// 0, else once the slots change or the wait ends: the waiters of a client
+// share one blocking list, see listwatch.go), retrying passing failures
 // until the deadline, and checks that their holders agree on the limit. It
 // returns errDeadline when the deadline passes while it waits.
 func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time.Time) (map[string]string, uint64, error) {
-	c := sem.lk.conn
-	var pairs api.KVPairs
-	var meta *api.QueryMeta
-	err := retry(ctx, deadline, func() error {
-		left := time.Until(deadline)
-		if left <= 0 && index != 0 {
-			return errDeadline
-		}
-		qctx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
-		defer cancel()
-		var err error
-		pairs, meta, err = c.c.KV().List(sem.prefix, c.query(qctx, api.QueryOptions{
-			WaitIndex: index, WaitTime: min(max(left-left/16, time.Millisecond), maxBlockingWait)}))
-		if err != nil && ctx.Err() == nil && qctx.Err() != nil {
-			return errDeadline
-		}
-		return err
-	})
+	pairs, last, err := sem.listSlots(ctx, index, deadline)
 	switch {
 	case errors.Is(err, errDeadline), err != nil && ctx.Err() != nil:
 		return nil, 0, err
@@ -144,7 +128,28 @@ func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time
 		}
 		held[p.Key] = p.Session
 	}
-	return held, nextIndex(index, meta.LastIndex), nil
+	return held, nextIndex(index, last), nil
+}
+
+// listSlots lists the slots: at once when index is 0, else once they
+// changed since index.
+func (sem *Semaphore) listSlots(ctx context.Context, index uint64, deadline time.Time) (api.KVPairs, uint64, error) {
+	c := sem.lk.conn
+	if index != 0 {
+		return awaitList(ctx, c, sem.prefix, index, deadline)
+	}
+	var pairs api.KVPairs
+	var meta *api.QueryMeta
+	err := retry(ctx, deadline, func() error {
+		return c.call(ctx, func() (err error) {
+			pairs, meta, err = c.c.KV().List(sem.prefix, c.query(ctx, api.QueryOptions{}))
+			return err
+		})
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return pairs, meta.LastIndex, nil
 }
 
 // contended tells the Observer, once an acquire, that it waits: every slot

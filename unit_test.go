@@ -582,3 +582,66 @@ func TestUnitRequestSlotsDoNotKeepTheClient(t *testing.T) {
 		}
 	}
 }
+
+// A waiter on a shared list returns an answer newer than its own, whatever
+// the list's index was when it joined; waits for one otherwise; and, once
+// woken, starts over from an answer whose index went back (a snapshot
+// restore) rather than wait for the index to pass its own again.
+func TestUnitListWaitersSeeEveryChange(t *testing.T) {
+	at := listAt{conn{c: &api.Client{}}, "k/slot-"}
+	w := &listWatch{at: at, stop: func() {}, index: 5, pairs: api.KVPairs{{Key: "k/slot-0"}}, newer: make(chan struct{})}
+	listWatches.Lock()
+	listWatches.m[at] = w // joinList finds it: no query runs
+	listWatches.Unlock()
+	t.Cleanup(func() {
+		listWatches.Lock()
+		delete(listWatches.m, at)
+		listWatches.Unlock()
+	})
+	ctx := context.Background()
+	if _, index, err := awaitList(ctx, at.c, at.prefix, 3, time.Now().Add(time.Minute)); err != nil || index != 5 {
+		t.Fatalf("a waiter behind the list: index %d, %v; want 5 at once", index, err)
+	}
+	listWatches.Lock()
+	listWatches.m[at] = w // the last waiter's leave took it out
+	listWatches.Unlock()
+	if _, _, err := awaitList(ctx, at.c, at.prefix, 5, time.Now().Add(20*time.Millisecond)); !errors.Is(err, errDeadline) {
+		t.Fatalf("a waiter as new as the list, nothing changing: %v, want errDeadline", err)
+	}
+	for _, tc := range []struct{ mine, next uint64 }{{5, 6}, {9, 2}} {
+		listWatches.Lock()
+		listWatches.m[at] = w
+		listWatches.Unlock()
+		got := make(chan uint64, 1)
+		go func() {
+			_, index, err := awaitList(ctx, at.c, at.prefix, tc.mine, time.Now().Add(time.Minute))
+			if err != nil {
+				t.Error(err)
+			}
+			got <- index
+		}()
+		for { // until the waiter counts itself in
+			w.mu.Lock()
+			joined := w.waiters > 0
+			w.mu.Unlock()
+			if joined {
+				break
+			}
+			runtime.Gosched()
+		}
+		select {
+		case index := <-got:
+			t.Fatalf("a waiter at %d returned %d before any change", tc.mine, index)
+		default:
+		}
+		w.publish(nil, tc.next, nil)
+		select {
+		case index := <-got:
+			if index != tc.next {
+				t.Fatalf("a waiter at %d woken by an answer at %d returned %d", tc.mine, tc.next, index)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("a waiter at %d not woken by an answer at %d", tc.mine, tc.next)
+		}
+	}
+}

@@ -16,11 +16,12 @@ import (
 // address (limits.http_max_conns_per_client), so the watches of all the
 // locks built on one client share at most maxWatchQueries blocking queries:
 // each follows a key prefix that covers some of the watched keys, with a
-// consistent list that wakes when anything under the prefix changes, and
-// tells each watcher of its key's state. Keys are watched under their own
-// key as prefix while the budget allows, then under the deepest folder two
-// groups share. The hubs are the package's only other state: a cache of
-// watches per client, which holds nothing once no key is watched.
+// list (of default consistency) that wakes when anything under the prefix
+// changes, and tells each watcher of its key's state. Keys are watched
+// under their own key as prefix while the budget allows, then under the
+// deepest folder two groups share. The hubs, and the semaphores' shared
+// lists (listwatch.go), are the package's only other state: caches of
+// watches per client, which hold nothing once nothing is watched.
 
 const (
 	maxWatchQueries = 8
