@@ -171,15 +171,18 @@ func WithSessionTTL(d time.Duration) Option {
 	return Option{"WithSessionTTL", forLocker, func(s *settings) { s.sessionTTL = d }}
 }
 
-// WithFairQueueing makes a Locker serve its own goroutines in arrival order
-// with everyone else's too. Waiters of different processes always queue
-// (see queue.go); by default, though, a Locker hands a released key to its
-// own next goroutine without a write, up to 64 times in a row, before the
-// first waiter of another process gets it. In this mode it never does: each
-// release hands the key to the first waiter in Consul's queue, whichever
-// process it belongs to, so no goroutine of a busy process jumps the line.
-// For NewLocker only; AcquireAll and Semaphore are not queued, and refuse a
-// fair Locker.
+// WithFairQueueing turns a Locker's local handoffs off. Waiters of
+// different processes always queue (see queue.go); by default, though, a
+// Locker hands a released key to its own next goroutine without a write, up
+// to 64 times in a row, before the first waiter of another process gets it.
+// In this mode it never does: each release hands the key to the first
+// waiter in Consul's line, whichever process it belongs to, so a busy
+// process cannot keep others waiting for 64 turns. The Locker's own
+// goroutines still wait for a key one after the other (one session has one
+// place in a key's line): the next joins Consul's line when the one before
+// it is done, and a waiter of another process that came in between is
+// served first. For NewLocker only; AcquireAll and Semaphore are not
+// queued, and refuse a fair Locker.
 func WithFairQueueing() Option {
 	return Option{"WithFairQueueing", forLocker, func(s *settings) { s.fair = true }}
 }

@@ -285,8 +285,9 @@ func ExampleWithReentrancy() {
 	// Output: nested holds: <nil>
 }
 
-// With fair queueing, waiters of every process are served in arrival order:
-// use it when many processes contend for one key.
+// With fair queueing, a release always goes to the first waiter in Consul's
+// line, never to the Locker's own next goroutine: use it when a busy
+// process must not keep other processes waiting.
 func ExampleWithFairQueueing() {
 	client, err := api.NewClient(api.DefaultConfig())
 	if err != nil {

@@ -292,7 +292,7 @@ func TestUnitValue(t *testing.T) {
 	if h, err := ParseHolder([]byte(`{"locked_at": "2026-01-01 10:00:00.123456", "other": 1}`)); err != nil || h.LockedAt == "" {
 		t.Fatalf("python-consul-lock's value: %+v, %v", h, err)
 	}
-	if _, err := ParseHolder([]byte("not json")); err == nil {
+	if _, err := ParseHolder([]byte("not json")); !errors.Is(err, ErrConsul) {
 		t.Fatal("a value that is not JSON parsed")
 	}
 }

@@ -2,6 +2,7 @@ package consullock
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"time"
 )
@@ -32,11 +33,12 @@ var host, _ = os.Hostname()
 
 // ParseHolder decodes a lock value written by consullock or by
 // python-consul-lock. Unknown fields are ignored; a value that is not a JSON
-// object is an error, and the caller should show it raw.
+// object is an error wrapping ErrConsul (a value from Consul that consullock
+// cannot use), and the caller should show it raw.
 func ParseHolder(value []byte) (Holder, error) {
 	var h Holder
 	if err := json.Unmarshal(value, &h); err != nil {
-		return Holder{}, err
+		return Holder{}, fmt.Errorf("%w: the lock value is not a holder's JSON object: %w", ErrConsul, err)
 	}
 	return h, nil
 }
