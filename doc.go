@@ -37,8 +37,8 @@
 // it, whether it is an EphemeralLock, a Lease, an election's Term or a
 // semaphore's slot. The watches of all the locks built on one *api.Client
 // (with one ACL token) share at most 8 blocking queries, and the waiters of
-// one semaphore share one more, within Consul's limit of 200 connections
-// per client address.
+// each semaphore one more, within Consul's limit of 200 connections per
+// client address.
 //
 // # Guarantees and assumptions
 //

@@ -12,7 +12,9 @@ import (
 // Waiting for any change under a key prefix (a semaphore's slots). A
 // blocking query per waiter would cost a connection each, and an agent
 // serves at most 200 per client address: the waiters of one client for one
-// prefix share one blocking list instead, which runs while anyone waits.
+// prefix share one blocking list instead, which runs while anyone waits,
+// and lingers a little after: the waiter that it woke usually waits again
+// at once, and a query cancelled in flight loses its connection.
 
 // listWatch is the shared list of one prefix: its newest answer, and a
 // channel closed when a newer one comes.
@@ -22,9 +24,11 @@ type listWatch struct {
 
 	mu      sync.Mutex
 	waiters int
+	idle    *time.Timer // stops the list once it has lingered unneeded
 	index   uint64      // the newest answer's index, 0 before the first
 	pairs   api.KVPairs // the newest answer
 	err     error       // why the list failed for good
+	failing error       // why the last try failed, if it did: a passing failure
 	newer   chan struct{}
 }
 
@@ -64,6 +68,9 @@ func awaitList(ctx context.Context, c conn, prefix string, index uint64, deadlin
 		case <-ctx.Done():
 			return nil, 0, context.Cause(ctx)
 		case <-timer.C:
+			if err := w.lastFailure(); err != nil {
+				return nil, 0, consulError(err) // Consul kept failing: not a wait for slots
+			}
 			return nil, 0, errDeadline
 		}
 	}
@@ -85,19 +92,37 @@ func joinList(at listAt) *listWatch {
 	}
 	w.mu.Lock()
 	w.waiters++
+	if w.idle != nil {
+		w.idle.Stop()
+		w.idle = nil
+	}
 	w.mu.Unlock()
 	return w
 }
 
-// leave counts a waiter out; the last one stops the list.
+// leave counts a waiter out; the list stops watchLinger after the last
+// one left, unless another joined meanwhile, or at once if it is failing:
+// no answer is coming to linger for.
 func (w *listWatch) leave() {
+	w.mu.Lock()
+	w.waiters--
+	idle, failing := w.waiters == 0, w.failing != nil
+	if idle && !failing {
+		w.idle = time.AfterFunc(watchLinger, w.stopIfUnneeded)
+	}
+	w.mu.Unlock()
+	if idle && failing {
+		w.stopIfUnneeded()
+	}
+}
+
+func (w *listWatch) stopIfUnneeded() {
 	listWatches.Lock()
 	defer listWatches.Unlock()
 	w.mu.Lock()
-	w.waiters--
-	last := w.waiters == 0
+	unneeded := w.waiters == 0
 	w.mu.Unlock()
-	if last {
+	if unneeded {
 		w.forget()
 	}
 }
@@ -120,7 +145,14 @@ func (w *listWatch) run(ctx context.Context) {
 		var pairs api.KVPairs
 		var meta *api.QueryMeta
 		err := retry(ctx, deadlineAfter(math.MaxInt64), func() (err error) {
-			pairs, meta, err = c.c.KV().List(w.at.prefix, c.query(ctx, api.QueryOptions{WaitIndex: index, WaitTime: maxBlockingWait}))
+			pairs, meta, err = c.c.KV().List(w.at.prefix, c.query(ctx, api.QueryOptions{WaitIndex: index, WaitTime: watchWait}))
+			w.mu.Lock()
+			w.failing = err
+			unneeded := w.waiters == 0
+			w.mu.Unlock()
+			if err != nil && unneeded {
+				w.stopIfUnneeded() // lingering, and failing: no answer to wait for
+			}
 			return err
 		})
 		switch {
@@ -133,11 +165,19 @@ func (w *listWatch) run(ctx context.Context) {
 			w.publish(nil, 0, consulError(err))
 			return
 		}
-		if meta.LastIndex != index {
-			w.publish(pairs, meta.LastIndex, nil)
-		}
+		// Every answer, even one at its wait time with the index unchanged:
+		// a waiter whose index is past the list's after Consul's went back
+		// (a snapshot restore) starts over from it.
+		w.publish(pairs, meta.LastIndex, nil)
 		index = nextIndex(index, meta.LastIndex)
 	}
+}
+
+// lastFailure is why the list's last try failed, or nil.
+func (w *listWatch) lastFailure() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.failing
 }
 
 // publish makes an answer the newest and wakes the waiters.

@@ -277,9 +277,7 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 				a.q.leave()
 			}
 			a.settled()
-			if s := a.last; s != nil {
-				a.undo(s, a.keys)
-			}
+			l.endFailed(a, tokens != nil)
 			l.waitUndone(ctx, a.last)
 			return nil, err
 		}
@@ -299,9 +297,34 @@ func (l *EphemeralLock) contend(ctx context.Context, a *attempt) (*held, error) 
 	}
 }
 
+// endFailed ends the session of a failed acquire, which frees what it
+// holds. With a lock delay, what it may hold is given back first, since
+// ending a session that holds the key imposes the delay on everyone: the
+// key won as the acquire was cancelled, and the key of a take still in
+// flight, once its fate is known (in the background: waitUndone waits a
+// second for it, and the take's undo gives the key back if it landed).
+func (l *EphemeralLock) endFailed(a *attempt, won bool) {
+	s := a.last
+	switch {
+	case s == nil:
+	case l.s.LockDelay > 0 && won:
+		a.undo(s, a.keys)
+	case l.s.LockDelay > 0 && a.pending != nil:
+		pending := a.pending
+		l.undone.Add(1)
+		go func() {
+			defer l.undone.Done()
+			pending()
+			a.undo(s, nil)
+		}()
+	default:
+		a.undo(s, nil)
+	}
+}
+
 // waitUndone waits, for a second at most, even after ctx ended, until the
 // session s of a failed acquire (if any) and any session whose create was
-// abandoned are destroyed: usually a round trip, worth waiting for so that
+// abandoned are destroyed, and a take in flight is given back: usually a round trip, worth waiting for so that
 // a failed Acquire leaves nothing behind.
 func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
 	done := make(chan struct{})

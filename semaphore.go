@@ -135,7 +135,10 @@ func (sem *Semaphore) heldSlots(ctx context.Context, index uint64, deadline time
 // changed since index.
 func (sem *Semaphore) listSlots(ctx context.Context, index uint64, deadline time.Time) (api.KVPairs, uint64, error) {
 	c := sem.lk.conn
-	if index != 0 {
+	switch {
+	case index != 0 && !time.Now().Before(deadline): // an acquire that tries once
+		return nil, 0, errDeadline
+	case index != 0:
 		return awaitList(ctx, c, sem.prefix, index, deadline)
 	}
 	var pairs api.KVPairs

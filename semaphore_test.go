@@ -82,3 +82,44 @@ func TestSemaphoreRefusals(t *testing.T) {
 	}
 	held.Release(ctx)
 }
+
+// A semaphore waiter cut off from Consul for the rest of its wait reports
+// ErrConsul, not ErrNotAcquired: the slots may have been free all along.
+func TestSemaphoreWaitCutOffReportsConsul(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	name := lockName(t, "s")
+	holder, err := newLocker(t, consultest.Client(t)).Semaphore(name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := holder.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release(ctx)
+	c, proxy := proxiedClient(t, consultest.Shared(t).HTTPAddr())
+	waiter, err := newLocker(t, c, consullock.WithAcquireTimeout(3*time.Second)).Semaphore(name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := waiter.Acquire(ctx)
+		got <- err
+	}()
+	consultest.Eventually(t, 5*time.Second, "the waiter waits on a blocking query", func() bool {
+		now, _ := proxy.BlockingInFlight()
+		return now > 0
+	})
+	proxy.Cut()
+	defer proxy.Mend()
+	select {
+	case err := <-got:
+		if !errors.Is(err, consullock.ErrConsul) || errors.Is(err, consullock.ErrNotAcquired) {
+			t.Fatalf("Acquire cut off from Consul: %v, want ErrConsul", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Acquire did not return within 10 s of its 3 s timeout")
+	}
+}
