@@ -25,8 +25,14 @@ import (
 // queued waits until n contender keys wait for key.
 func queued(t *testing.T, c *api.Client, key string, n int) []*api.KVPair {
 	t.Helper()
+	return queuedWithin(t, c, key, n, 10*time.Second)
+}
+
+// queuedWithin is queued, waiting up to d.
+func queuedWithin(t *testing.T, c *api.Client, key string, n int, d time.Duration) []*api.KVPair {
+	t.Helper()
 	var pairs api.KVPairs
-	consultest.Eventually(t, 10*time.Second, "contender keys in the queue", func() bool {
+	consultest.Eventually(t, d, "contender keys in the queue", func() bool {
 		var err error
 		pairs, _, err = c.KV().List(key+".queue/", &api.QueryOptions{RequireConsistent: true})
 		return err == nil && len(pairs) == n
@@ -305,6 +311,7 @@ func TestFarBackWaitersHoldNoQuery(t *testing.T) {
 	}
 	var d overlapDetector
 	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the waiters' Lockers close, before the test ends: no t.Error after it
 	for range waiters {
 		lk := newLocker(t, clientAt(t, proxy.Addr()), consullock.WithAcquireTimeout(time.Minute))
 		wg.Go(func() {
@@ -313,7 +320,10 @@ func TestFarBackWaitersHoldNoQuery(t *testing.T) {
 			}
 		})
 	}
-	queued(t, consultest.ClientOf(t, agent), "locks/ephemeral/k", waiters)
+	// 120 sessions and enqueues, each on a connection of its own, while
+	// those in line open their watches: 3 s alone, past 10 s in a loaded
+	// CI run.
+	queuedWithin(t, consultest.ClientOf(t, agent), "locks/ephemeral/k", waiters, 45*time.Second)
 	if err := held.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -349,15 +359,12 @@ func TestPassedOverHeadQueuesAgain(t *testing.T) {
 		}
 		return faultproxy.Pass, false
 	})
-	acquire := func(c *api.Client) <-chan *consullock.Lease {
-		got := make(chan *consullock.Lease, 1)
+	acquire := func(c *api.Client) <-chan acquired {
+		got := make(chan acquired, 1)
 		lk := newLocker(t, c, consullock.WithAcquireTimeout(time.Minute))
 		go func() {
 			l, err := lk.Acquire(ctx, "k")
-			if err != nil {
-				t.Error(err)
-			}
-			got <- l
+			got <- acquired{l, err}
 		}()
 		return got
 	}
@@ -393,15 +400,21 @@ func TestPassedOverHeadQueuesAgain(t *testing.T) {
 	}
 }
 
+// acquired is the outcome of an Acquire run in a goroutine.
+type acquired struct {
+	l   *consullock.Lease
+	err error
+}
+
 // leaseWithin waits up to d for the lease of an acquire that must succeed.
-func leaseWithin(t *testing.T, c <-chan *consullock.Lease, d time.Duration, what string) *consullock.Lease {
+func leaseWithin(t *testing.T, c <-chan acquired, d time.Duration, what string) *consullock.Lease {
 	t.Helper()
 	select {
-	case l := <-c:
-		if l == nil {
-			t.FailNow() // the acquire reported its error
+	case a := <-c:
+		if a.err != nil {
+			t.Fatalf("%s: %v", what, a.err)
 		}
-		return l
+		return a.l
 	case <-time.After(d):
 		t.Fatalf("%s did not get the lock within %v", what, d)
 		return nil
