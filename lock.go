@@ -324,8 +324,9 @@ func (l *EphemeralLock) endFailed(a *attempt, won bool) {
 
 // waitUndone waits, for a second at most, even after ctx ended, until the
 // session s of a failed acquire (if any) and any session whose create was
-// abandoned are destroyed, and a take in flight is given back: usually a round trip, worth waiting for so that
-// a failed Acquire leaves nothing behind.
+// abandoned are destroyed, and a take in flight is given back: usually a
+// round trip, worth waiting for so that a failed Acquire leaves nothing
+// behind.
 func (l *EphemeralLock) waitUndone(ctx context.Context, s *session) {
 	done := make(chan struct{})
 	go func() {

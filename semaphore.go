@@ -23,9 +23,10 @@ const MaxSemaphoreLimit = 256
 // semaphore lease has everything a lock's has: a fencing token (per slot),
 // loss notification, a maximum lifespan, the Locker's value. A cycle costs
 // one read and two writes; waiting is a blocking query on the slots, not
-// polling, and the waiters of one client share one (listwatch.go). Every holder must use the same limit, which each slot records in
-// its flags: a holder that finds a slot held under another limit gets an
-// error wrapping ErrInvalidOption.
+// polling, and the waiters of one client share one (listwatch.go). Every
+// holder must use the same limit, which each slot records in its flags: a
+// holder that finds a slot held under another limit gets an error wrapping
+// ErrInvalidOption.
 type Semaphore struct {
 	lk     *Locker
 	key    string
